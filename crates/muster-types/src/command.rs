@@ -1,0 +1,155 @@
+//! The replicated log's payload. Every command is deterministic: apply never reads a clock or
+//! a random source; time comes from [`LogEntry::time_ms`], stamped by the leader.
+
+use serde::{Deserialize, Serialize};
+
+use crate::kv::KeyRange;
+
+/// What the leader appends to the Raft log for a client request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Leader wall-clock time (ms since the Unix epoch) when the entry was proposed.
+    pub time_ms: u64,
+    pub cmd: Command,
+}
+
+/// A state-machine command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    /// Discard history below `revision`.
+    Compact { revision: i64 },
+    /// Create a lease. `id` is never 0: the proposer assigns one when the client did not.
+    LeaseGrant { id: i64, ttl_secs: i64 },
+    /// Delete a lease and every key attached to it, in one revision.
+    LeaseRevoke { id: i64 },
+}
+
+impl Command {
+    /// Whether the command may change the keyspace (used to decide if a revision is consumed
+    /// only when something actually changed, see the applier).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Put(_) => "put",
+            Command::DeleteRange(_) => "delete_range",
+            Command::Txn(_) => "txn",
+            Command::Compact { .. } => "compact",
+            Command::LeaseGrant { .. } => "lease_grant",
+            Command::LeaseRevoke { .. } => "lease_revoke",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PutRequest {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// Lease to attach, 0 for none.
+    pub lease: i64,
+    pub prev_kv: bool,
+    /// Keep the current value (error when the key does not exist).
+    pub ignore_value: bool,
+    /// Keep the current lease (error when the key does not exist).
+    pub ignore_lease: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DeleteRangeRequest {
+    pub range: KeyRange,
+    pub prev_kv: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SortOrder {
+    #[default]
+    None,
+    Ascend,
+    Descend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SortTarget {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+/// A read (mirrors etcd's RangeRequest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RangeRequest {
+    pub range: KeyRange,
+    /// 0 = no limit.
+    pub limit: i64,
+    /// ≤ 0 = the latest revision.
+    pub revision: i64,
+    pub sort_order: SortOrder,
+    pub sort_target: SortTarget,
+    pub serializable: bool,
+    pub keys_only: bool,
+    pub count_only: bool,
+    /// Filters; 0 = no filter.
+    pub min_mod_revision: i64,
+    pub max_mod_revision: i64,
+    pub min_create_revision: i64,
+    pub max_create_revision: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareResult {
+    Equal,
+    Greater,
+    Less,
+    NotEqual,
+}
+
+/// What a compare looks at, with the operand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Version(i64),
+    Create(i64),
+    Mod(i64),
+    Value(Vec<u8>),
+    Lease(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub result: CompareResult,
+    pub target: CompareTarget,
+    /// A single key or a range (every key in it must satisfy the compare).
+    pub range: KeyRange,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Range(RangeRequest),
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TxnRequest {
+    pub compare: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+impl TxnRequest {
+    /// Whether any branch can write (a read-only txn may be served without the log).
+    pub fn is_read_only(&self) -> bool {
+        fn ops_read_only(ops: &[TxnOp]) -> bool {
+            ops.iter().all(|op| match op {
+                TxnOp::Range(_) => true,
+                TxnOp::Put(_) | TxnOp::DeleteRange(_) => false,
+                TxnOp::Txn(t) => t.is_read_only(),
+            })
+        }
+        ops_read_only(&self.success) && ops_read_only(&self.failure)
+    }
+}

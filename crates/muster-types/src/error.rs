@@ -1,0 +1,36 @@
+//! Errors of the domain layer: outcomes of apply and rejections of bad requests.
+
+use serde::{Deserialize, Serialize};
+
+/// A command that applied without changing anything because the request cannot be satisfied.
+/// These are results of apply (deterministic on every node), not storage failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ApplyError {
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound { id: i64 },
+    #[error("etcdserver: lease already exists")]
+    LeaseExists { id: i64 },
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted { compact_revision: i64 },
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision { current_revision: i64 },
+}
+
+/// A request rejected before it reaches the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key is too large ({size} bytes; limit {limit})")]
+    KeyTooLarge { size: usize, limit: usize },
+    #[error("etcdserver: request is too large ({size} bytes; limit {limit})")]
+    RequestTooLarge { size: usize, limit: usize },
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyTxnOps { ops: usize, limit: usize },
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+}

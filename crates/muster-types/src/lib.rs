@@ -1,0 +1,20 @@
+//! Muster's domain types: what the replicated log carries and what applying it returns.
+//!
+//! Layout:
+//! - [`kv`]: revisions, key-values, events and key ranges (etcd v3 semantics).
+//! - [`command`]: [`Command`], the replicated log's payload, and [`LogEntry`] (command + leader time).
+//! - [`response`]: [`CommandResponse`], what applying a command returns.
+//! - [`error`]: [`ApplyError`] (domain outcomes of apply) and [`ValidationError`] (bad requests).
+//! - [`limits`]: request limits, explicit and documented.
+
+pub mod command;
+pub mod error;
+pub mod kv;
+pub mod limits;
+pub mod response;
+
+pub use command::*;
+pub use error::*;
+pub use kv::*;
+pub use limits::*;
+pub use response::*;

@@ -1,0 +1,182 @@
+//! Request limits. Defaults follow etcd where etcd has one; all are configurable on the server.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, DeleteRangeRequest, PutRequest, TxnOp, TxnRequest};
+use crate::error::ValidationError;
+use crate::kv::KeyRange;
+
+/// Request limits enforced at the API edge, before a request reaches the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Largest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest encoded request (key + value + overhead), in bytes (etcd: 1.5 MiB).
+    pub max_request_bytes: usize,
+    /// Most operations in one Txn, counting both branches' ops at each level (etcd: 128).
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_key_bytes: 32 * 1024, max_request_bytes: 1536 * 1024, max_txn_ops: 128 }
+    }
+}
+
+impl Limits {
+    fn check_key(&self, key: &[u8]) -> Result<(), ValidationError> {
+        if key.is_empty() {
+            return Err(ValidationError::EmptyKey);
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(ValidationError::KeyTooLarge { size: key.len(), limit: self.max_key_bytes });
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, range: &KeyRange) -> Result<(), ValidationError> {
+        self.check_key(&range.key)?;
+        if range.range_end.len() > self.max_key_bytes {
+            return Err(ValidationError::KeyTooLarge { size: range.range_end.len(), limit: self.max_key_bytes });
+        }
+        Ok(())
+    }
+
+    /// Validates a Range's key.
+    pub fn check_read(&self, range: &KeyRange) -> Result<(), ValidationError> {
+        self.check_range(range)
+    }
+
+    fn check_put(&self, p: &PutRequest) -> Result<(), ValidationError> {
+        self.check_key(&p.key)?;
+        let size = p.key.len() + p.value.len();
+        if size > self.max_request_bytes {
+            return Err(ValidationError::RequestTooLarge { size, limit: self.max_request_bytes });
+        }
+        Ok(())
+    }
+
+    fn check_delete(&self, d: &DeleteRangeRequest) -> Result<(), ValidationError> {
+        self.check_range(&d.range)
+    }
+
+    fn check_txn(&self, t: &TxnRequest) -> Result<usize, ValidationError> {
+        let ops = t.compare.len().max(t.success.len()).max(t.failure.len());
+        if ops > self.max_txn_ops {
+            return Err(ValidationError::TooManyTxnOps { ops, limit: self.max_txn_ops });
+        }
+        let mut size = 0;
+        for c in &t.compare {
+            self.check_range(&c.range)?;
+        }
+        for branch in [&t.success, &t.failure] {
+            for op in branch.iter() {
+                size += match op {
+                    TxnOp::Range(r) => {
+                        self.check_range(&r.range)?;
+                        r.range.key.len()
+                    }
+                    TxnOp::Put(p) => {
+                        self.check_put(p)?;
+                        p.key.len() + p.value.len()
+                    }
+                    TxnOp::DeleteRange(d) => {
+                        self.check_delete(d)?;
+                        d.range.key.len()
+                    }
+                    TxnOp::Txn(inner) => self.check_txn(inner)?,
+                };
+            }
+            check_no_duplicate_writes(branch)?;
+        }
+        if size > self.max_request_bytes {
+            return Err(ValidationError::RequestTooLarge { size, limit: self.max_request_bytes });
+        }
+        Ok(size)
+    }
+
+    /// Validates a command before it is proposed.
+    pub fn check_command(&self, cmd: &Command) -> Result<(), ValidationError> {
+        match cmd {
+            Command::Put(p) => self.check_put(p),
+            Command::DeleteRange(d) => self.check_delete(d),
+            Command::Txn(t) => self.check_txn(t).map(|_| ()),
+            Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => Ok(()),
+        }
+    }
+}
+
+/// etcd rejects a Txn branch that writes one key twice, or puts a key that a delete in the same
+/// branch also covers ("duplicate key given in txn request"). Nested txns count as part of the
+/// branch.
+fn check_no_duplicate_writes(ops: &[TxnOp]) -> Result<(), ValidationError> {
+    let mut puts: Vec<&[u8]> = Vec::new();
+    let mut deletes: Vec<&KeyRange> = Vec::new();
+    fn collect<'a>(ops: &'a [TxnOp], puts: &mut Vec<&'a [u8]>, deletes: &mut Vec<&'a KeyRange>) {
+        for op in ops {
+            match op {
+                TxnOp::Put(p) => puts.push(&p.key),
+                TxnOp::DeleteRange(d) => deletes.push(&d.range),
+                TxnOp::Range(_) => {}
+                // Only one branch of a nested txn runs, but etcd checks both against the outer.
+                TxnOp::Txn(t) => {
+                    collect(&t.success, puts, deletes);
+                    collect(&t.failure, puts, deletes);
+                }
+            }
+        }
+    }
+    collect(ops, &mut puts, &mut deletes);
+    let mut sorted = puts.clone();
+    sorted.sort();
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        return Err(ValidationError::DuplicateKey);
+    }
+    for key in &puts {
+        if deletes.iter().any(|d| d.contains(key)) {
+            return Err(ValidationError::DuplicateKey);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &str) -> TxnOp {
+        TxnOp::Put(PutRequest { key: k.into(), value: b"v".to_vec(), ..Default::default() })
+    }
+
+    #[test]
+    fn rejects_empty_and_large_keys() {
+        let l = Limits { max_key_bytes: 4, ..Default::default() };
+        let c = Command::Put(PutRequest::default());
+        assert_eq!(l.check_command(&c), Err(ValidationError::EmptyKey));
+        let c = Command::Put(PutRequest { key: b"12345".to_vec(), ..Default::default() });
+        assert!(matches!(l.check_command(&c), Err(ValidationError::KeyTooLarge { size: 5, limit: 4 })));
+    }
+
+    #[test]
+    fn rejects_large_values() {
+        let l = Limits { max_request_bytes: 10, ..Default::default() };
+        let c = Command::Put(PutRequest { key: b"k".to_vec(), value: vec![0; 10], ..Default::default() });
+        assert!(matches!(l.check_command(&c), Err(ValidationError::RequestTooLarge { .. })));
+    }
+
+    #[test]
+    fn rejects_too_many_txn_ops_and_duplicates() {
+        let l = Limits { max_txn_ops: 2, ..Default::default() };
+        let t = TxnRequest { success: vec![put("a"), put("b"), put("c")], ..Default::default() };
+        assert!(matches!(l.check_command(&Command::Txn(t)), Err(ValidationError::TooManyTxnOps { ops: 3, .. })));
+        let t = TxnRequest { success: vec![put("a"), put("a")], ..Default::default() };
+        assert_eq!(l.check_command(&Command::Txn(t)), Err(ValidationError::DuplicateKey));
+        let del = TxnOp::DeleteRange(DeleteRangeRequest { range: KeyRange::prefix("a"), prev_kv: false });
+        let t = TxnRequest { success: vec![put("ab"), del], ..Default::default() };
+        assert_eq!(l.check_command(&Command::Txn(t)), Err(ValidationError::DuplicateKey));
+        // The same key in success and failure is fine: only one branch runs.
+        let t = TxnRequest { success: vec![put("a")], failure: vec![put("a")], ..Default::default() };
+        assert_eq!(l.check_command(&Command::Txn(t)), Ok(()));
+    }
+}

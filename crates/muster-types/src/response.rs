@@ -1,0 +1,62 @@
+//! What applying a command (or serving a read) returns.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApplyError;
+use crate::kv::KeyValue;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RangeResponse {
+    pub kvs: Vec<KeyValue>,
+    /// Whether more keys matched than `limit` returned.
+    pub more: bool,
+    /// Number of keys that matched (before `limit`).
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PutResponse {
+    pub prev_kv: Option<KeyValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DeleteRangeResponse {
+    pub deleted: i64,
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOpResponse {
+    Range(RangeResponse),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TxnResponse {
+    pub succeeded: bool,
+    pub responses: Vec<TxnOpResponse>,
+}
+
+/// The body of a successful apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseBody {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact,
+    LeaseGrant { id: i64, ttl_secs: i64 },
+    LeaseRevoke,
+    /// A membership or blank entry: nothing for a client.
+    Empty,
+}
+
+/// What applying one log entry returns: the store revision after it, and the outcome.
+/// Domain failures (compare failed is not one; lease not found is) are `Err`, not storage errors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResponse {
+    /// The store's revision after applying the entry.
+    pub revision: i64,
+    pub result: Result<ResponseBody, ApplyError>,
+}
