@@ -6,6 +6,7 @@
 //! - [`response`]: [`CommandResponse`], what applying a command returns.
 //! - [`error`]: [`ApplyError`] (domain outcomes of apply) and [`ValidationError`] (bad requests).
 //! - [`limits`]: request limits, explicit and documented.
+//! - [`pb`]: conversions between the etcd wire messages and these types.
 
 pub mod command;
 pub mod error;
@@ -18,3 +19,4 @@ pub use error::*;
 pub use kv::*;
 pub use limits::*;
 pub use response::*;
+pub mod pb;
