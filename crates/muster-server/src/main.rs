@@ -1,1 +1,128 @@
-fn main() {}
+//! `musterd`: runs one Muster node.
+//!
+//! Configuration is layered: built-in defaults, then the TOML file given by `--config`, then
+//! `MUSTER_*` environment variables, then command-line flags (clap reads both).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use muster_server::NodeConfig;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "musterd",
+    version,
+    about = "A Muster node: Raft-replicated registry with the etcd v3 API"
+)]
+struct Args {
+    /// TOML config file (fields of NodeConfig).
+    #[arg(long, env = "MUSTER_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id (≥ 1).
+    #[arg(long, env = "MUSTER_NODE_ID")]
+    node_id: Option<u64>,
+    /// Data directory.
+    #[arg(long, env = "MUSTER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address (clients and peers).
+    #[arg(long, env = "MUSTER_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address others reach this node at (default: the bound listen address).
+    #[arg(long, env = "MUSTER_ADVERTISE")]
+    advertise: Option<String>,
+    /// HTTP listen address for /health, /ready, /metrics.
+    #[arg(long, env = "MUSTER_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// Initial members: `1=host:port,2=host:port,3=host:port` (first start only).
+    #[arg(long, env = "MUSTER_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+    /// Cluster name.
+    #[arg(long, env = "MUSTER_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info,openraft=warn`.
+    #[arg(long, env = "MUSTER_LOG", default_value = "info,openraft=warn")]
+    log: String,
+}
+
+fn build_config(args: &Args) -> anyhow::Result<NodeConfig> {
+    let mut c = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => NodeConfig::default(),
+    };
+    if let Some(v) = args.node_id {
+        c.node_id = v;
+    }
+    if let Some(v) = &args.data_dir {
+        c.data_dir = v.clone();
+    }
+    if let Some(v) = args.listen {
+        c.listen = v;
+    }
+    if let Some(v) = &args.advertise {
+        c.advertise = Some(v.clone());
+    }
+    if let Some(v) = args.http_listen {
+        c.http_listen = Some(v);
+    }
+    if let Some(v) = &args.initial_cluster {
+        c.initial_cluster = NodeConfig::parse_initial_cluster(v)?;
+    }
+    if let Some(v) = &args.cluster_name {
+        c.cluster_name = v.clone();
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let config = build_config(&args)?;
+    let node_id = config.node_id;
+    let span = tracing::info_span!("node", node_id);
+    let _enter = span.enter();
+    let mut server = muster_server::start(config)
+        .await
+        .context("starting node")?;
+    tokio::select! {
+        _ = server.wait() => {}
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            server.stop().await;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,9 +1,11 @@
-//! Muster's storage: the MVCC keyspace and leases on sled, and (soon) the openraft log store and
-//! state machine around them.
+//! Muster's storage: the MVCC keyspace and leases on sled, and the openraft log store and state
+//! machine around them.
 //!
 //! Layout:
 //! - [`error`]: [`error::StoreError`], storage failures (fatal to the node).
 //! - [`mvcc`]: the MVCC keyspace, leases and the applier — the only code that changes state.
+//! - [`raft`]: openraft's storage side: type config, sled log store, state machine.
 
 pub mod error;
 pub mod mvcc;
+pub mod raft;

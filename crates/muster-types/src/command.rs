@@ -20,16 +20,22 @@ pub enum Command {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     /// Discard history below `revision`.
-    Compact { revision: i64 },
+    Compact {
+        revision: i64,
+    },
     /// Create a lease. `id` is never 0: the proposer assigns one when the client did not.
-    LeaseGrant { id: i64, ttl_secs: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl_secs: i64,
+    },
     /// Delete a lease and every key attached to it, in one revision.
-    LeaseRevoke { id: i64 },
+    LeaseRevoke {
+        id: i64,
+    },
 }
 
 impl Command {
-    /// Whether the command may change the keyspace (used to decide if a revision is consumed
-    /// only when something actually changed, see the applier).
+    /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
             Command::Put(_) => "put",
@@ -151,5 +157,11 @@ impl TxnRequest {
             })
         }
         ops_read_only(&self.success) && ops_read_only(&self.failure)
+    }
+}
+
+impl std::fmt::Display for LogEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.cmd.name(), self.time_ms)
     }
 }

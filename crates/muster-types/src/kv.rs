@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 
 /// A point in the store's history: `main` is the global revision (+1 per mutating request),
 /// `sub` orders the writes inside one request (a Txn with many writes has one `main`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub struct Revision {
     pub main: i64,
     pub sub: u32,
@@ -26,7 +28,10 @@ impl Revision {
         if b.len() != 12 {
             return None;
         }
-        Some(Revision { main: u64::from_be_bytes(main) as i64, sub: u32::from_be_bytes(sub) })
+        Some(Revision {
+            main: u64::from_be_bytes(main) as i64,
+            sub: u32::from_be_bytes(sub),
+        })
     }
 }
 
@@ -72,11 +77,17 @@ pub struct KeyRange {
 
 impl KeyRange {
     pub fn new(key: impl Into<Vec<u8>>, range_end: impl Into<Vec<u8>>) -> Self {
-        KeyRange { key: key.into(), range_end: range_end.into() }
+        KeyRange {
+            key: key.into(),
+            range_end: range_end.into(),
+        }
     }
 
     pub fn single(key: impl Into<Vec<u8>>) -> Self {
-        KeyRange { key: key.into(), range_end: Vec::new() }
+        KeyRange {
+            key: key.into(),
+            range_end: Vec::new(),
+        }
     }
 
     /// All keys starting with `prefix` (etcd's `--prefix`).
@@ -184,7 +195,10 @@ mod tests {
         let a = Revision { main: 2, sub: 9 }.to_be_bytes();
         let b = Revision { main: 10, sub: 0 }.to_be_bytes();
         assert!(a < b);
-        assert_eq!(Revision::from_be_bytes(&b), Some(Revision { main: 10, sub: 0 }));
+        assert_eq!(
+            Revision::from_be_bytes(&b),
+            Some(Revision { main: 10, sub: 0 })
+        );
         assert_eq!(Revision::from_be_bytes(&b[..11]), None);
     }
 }

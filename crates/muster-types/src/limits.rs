@@ -20,7 +20,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_key_bytes: 32 * 1024, max_request_bytes: 1536 * 1024, max_txn_ops: 128 }
+        Limits {
+            max_key_bytes: 32 * 1024,
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+        }
     }
 }
 
@@ -30,7 +34,10 @@ impl Limits {
             return Err(ValidationError::EmptyKey);
         }
         if key.len() > self.max_key_bytes {
-            return Err(ValidationError::KeyTooLarge { size: key.len(), limit: self.max_key_bytes });
+            return Err(ValidationError::KeyTooLarge {
+                size: key.len(),
+                limit: self.max_key_bytes,
+            });
         }
         Ok(())
     }
@@ -38,7 +45,10 @@ impl Limits {
     fn check_range(&self, range: &KeyRange) -> Result<(), ValidationError> {
         self.check_key(&range.key)?;
         if range.range_end.len() > self.max_key_bytes {
-            return Err(ValidationError::KeyTooLarge { size: range.range_end.len(), limit: self.max_key_bytes });
+            return Err(ValidationError::KeyTooLarge {
+                size: range.range_end.len(),
+                limit: self.max_key_bytes,
+            });
         }
         Ok(())
     }
@@ -52,7 +62,10 @@ impl Limits {
         self.check_key(&p.key)?;
         let size = p.key.len() + p.value.len();
         if size > self.max_request_bytes {
-            return Err(ValidationError::RequestTooLarge { size, limit: self.max_request_bytes });
+            return Err(ValidationError::RequestTooLarge {
+                size,
+                limit: self.max_request_bytes,
+            });
         }
         Ok(())
     }
@@ -64,7 +77,10 @@ impl Limits {
     fn check_txn(&self, t: &TxnRequest) -> Result<usize, ValidationError> {
         let ops = t.compare.len().max(t.success.len()).max(t.failure.len());
         if ops > self.max_txn_ops {
-            return Err(ValidationError::TooManyTxnOps { ops, limit: self.max_txn_ops });
+            return Err(ValidationError::TooManyTxnOps {
+                ops,
+                limit: self.max_txn_ops,
+            });
         }
         let mut size = 0;
         for c in &t.compare {
@@ -91,7 +107,10 @@ impl Limits {
             check_no_duplicate_writes(branch)?;
         }
         if size > self.max_request_bytes {
-            return Err(ValidationError::RequestTooLarge { size, limit: self.max_request_bytes });
+            return Err(ValidationError::RequestTooLarge {
+                size,
+                limit: self.max_request_bytes,
+            });
         }
         Ok(size)
     }
@@ -102,7 +121,9 @@ impl Limits {
             Command::Put(p) => self.check_put(p),
             Command::DeleteRange(d) => self.check_delete(d),
             Command::Txn(t) => self.check_txn(t).map(|_| ()),
-            Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => Ok(()),
+            Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => {
+                Ok(())
+            }
         }
     }
 }
@@ -146,37 +167,88 @@ mod tests {
     use super::*;
 
     fn put(k: &str) -> TxnOp {
-        TxnOp::Put(PutRequest { key: k.into(), value: b"v".to_vec(), ..Default::default() })
+        TxnOp::Put(PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
     }
 
     #[test]
     fn rejects_empty_and_large_keys() {
-        let l = Limits { max_key_bytes: 4, ..Default::default() };
+        let l = Limits {
+            max_key_bytes: 4,
+            ..Default::default()
+        };
         let c = Command::Put(PutRequest::default());
         assert_eq!(l.check_command(&c), Err(ValidationError::EmptyKey));
-        let c = Command::Put(PutRequest { key: b"12345".to_vec(), ..Default::default() });
-        assert!(matches!(l.check_command(&c), Err(ValidationError::KeyTooLarge { size: 5, limit: 4 })));
+        let c = Command::Put(PutRequest {
+            key: b"12345".to_vec(),
+            ..Default::default()
+        });
+        assert!(matches!(
+            l.check_command(&c),
+            Err(ValidationError::KeyTooLarge { size: 5, limit: 4 })
+        ));
     }
 
     #[test]
     fn rejects_large_values() {
-        let l = Limits { max_request_bytes: 10, ..Default::default() };
-        let c = Command::Put(PutRequest { key: b"k".to_vec(), value: vec![0; 10], ..Default::default() });
-        assert!(matches!(l.check_command(&c), Err(ValidationError::RequestTooLarge { .. })));
+        let l = Limits {
+            max_request_bytes: 10,
+            ..Default::default()
+        };
+        let c = Command::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: vec![0; 10],
+            ..Default::default()
+        });
+        assert!(matches!(
+            l.check_command(&c),
+            Err(ValidationError::RequestTooLarge { .. })
+        ));
     }
 
     #[test]
     fn rejects_too_many_txn_ops_and_duplicates() {
-        let l = Limits { max_txn_ops: 2, ..Default::default() };
-        let t = TxnRequest { success: vec![put("a"), put("b"), put("c")], ..Default::default() };
-        assert!(matches!(l.check_command(&Command::Txn(t)), Err(ValidationError::TooManyTxnOps { ops: 3, .. })));
-        let t = TxnRequest { success: vec![put("a"), put("a")], ..Default::default() };
-        assert_eq!(l.check_command(&Command::Txn(t)), Err(ValidationError::DuplicateKey));
-        let del = TxnOp::DeleteRange(DeleteRangeRequest { range: KeyRange::prefix("a"), prev_kv: false });
-        let t = TxnRequest { success: vec![put("ab"), del], ..Default::default() };
-        assert_eq!(l.check_command(&Command::Txn(t)), Err(ValidationError::DuplicateKey));
+        let l = Limits {
+            max_txn_ops: 2,
+            ..Default::default()
+        };
+        let t = TxnRequest {
+            success: vec![put("a"), put("b"), put("c")],
+            ..Default::default()
+        };
+        assert!(matches!(
+            l.check_command(&Command::Txn(t)),
+            Err(ValidationError::TooManyTxnOps { ops: 3, .. })
+        ));
+        let t = TxnRequest {
+            success: vec![put("a"), put("a")],
+            ..Default::default()
+        };
+        assert_eq!(
+            l.check_command(&Command::Txn(t)),
+            Err(ValidationError::DuplicateKey)
+        );
+        let del = TxnOp::DeleteRange(DeleteRangeRequest {
+            range: KeyRange::prefix("a"),
+            prev_kv: false,
+        });
+        let t = TxnRequest {
+            success: vec![put("ab"), del],
+            ..Default::default()
+        };
+        assert_eq!(
+            l.check_command(&Command::Txn(t)),
+            Err(ValidationError::DuplicateKey)
+        );
         // The same key in success and failure is fine: only one branch runs.
-        let t = TxnRequest { success: vec![put("a")], failure: vec![put("a")], ..Default::default() };
+        let t = TxnRequest {
+            success: vec![put("a")],
+            failure: vec![put("a")],
+            ..Default::default()
+        };
         assert_eq!(l.check_command(&Command::Txn(t)), Ok(()));
     }
 }

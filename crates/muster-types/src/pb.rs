@@ -10,7 +10,10 @@ use crate::kv::{Event, EventKind, KeyRange, KeyValue};
 use crate::response::*;
 
 fn bad(field: &'static str, reason: impl Into<String>) -> ValidationError {
-    ValidationError::InvalidArgument { field, reason: reason.into() }
+    ValidationError::InvalidArgument {
+        field,
+        reason: reason.into(),
+    }
 }
 
 impl From<KeyValue> for mvccpb::KeyValue {
@@ -32,7 +35,11 @@ impl From<Event> for mvccpb::Event {
             EventKind::Put => mvccpb::event::EventType::Put,
             EventKind::Delete => mvccpb::event::EventType::Delete,
         };
-        mvccpb::Event { r#type: r#type as i32, kv: Some(e.kv.into()), prev_kv: e.prev_kv.map(Into::into) }
+        mvccpb::Event {
+            r#type: r#type as i32,
+            kv: Some(e.kv.into()),
+            prev_kv: e.prev_kv.map(Into::into),
+        }
     }
 }
 
@@ -40,23 +47,28 @@ impl TryFrom<pb::RangeRequest> for RangeRequest {
     type Error = ValidationError;
     fn try_from(r: pb::RangeRequest) -> Result<Self, ValidationError> {
         use pb::range_request::{SortOrder as O, SortTarget as T};
-        let sort_order = match O::try_from(r.sort_order).map_err(|_| bad("sort_order", "unknown value"))? {
-            O::None => SortOrder::None,
-            O::Ascend => SortOrder::Ascend,
-            O::Descend => SortOrder::Descend,
-        };
-        let sort_target = match T::try_from(r.sort_target).map_err(|_| bad("sort_target", "unknown value"))? {
-            T::Key => SortTarget::Key,
-            T::Version => SortTarget::Version,
-            T::Create => SortTarget::Create,
-            T::Mod => SortTarget::Mod,
-            T::Value => SortTarget::Value,
-        };
+        let sort_order =
+            match O::try_from(r.sort_order).map_err(|_| bad("sort_order", "unknown value"))? {
+                O::None => SortOrder::None,
+                O::Ascend => SortOrder::Ascend,
+                O::Descend => SortOrder::Descend,
+            };
+        let sort_target =
+            match T::try_from(r.sort_target).map_err(|_| bad("sort_target", "unknown value"))? {
+                T::Key => SortTarget::Key,
+                T::Version => SortTarget::Version,
+                T::Create => SortTarget::Create,
+                T::Mod => SortTarget::Mod,
+                T::Value => SortTarget::Value,
+            };
         if r.limit < 0 {
             return Err(bad("limit", "must not be negative"));
         }
         Ok(RangeRequest {
-            range: KeyRange { key: r.key, range_end: r.range_end },
+            range: KeyRange {
+                key: r.key,
+                range_end: r.range_end,
+            },
             limit: r.limit,
             revision: r.revision,
             sort_order,
@@ -87,7 +99,13 @@ impl From<pb::PutRequest> for PutRequest {
 
 impl From<pb::DeleteRangeRequest> for DeleteRangeRequest {
     fn from(d: pb::DeleteRangeRequest) -> Self {
-        DeleteRangeRequest { range: KeyRange { key: d.key, range_end: d.range_end }, prev_kv: d.prev_kv }
+        DeleteRangeRequest {
+            range: KeyRange {
+                key: d.key,
+                range_end: d.range_end,
+            },
+            prev_kv: d.prev_kv,
+        }
     }
 }
 
@@ -95,12 +113,13 @@ impl TryFrom<pb::Compare> for Compare {
     type Error = ValidationError;
     fn try_from(c: pb::Compare) -> Result<Self, ValidationError> {
         use pb::compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
-        let result = match R::try_from(c.result).map_err(|_| bad("compare.result", "unknown value"))? {
-            R::Equal => CompareResult::Equal,
-            R::Greater => CompareResult::Greater,
-            R::Less => CompareResult::Less,
-            R::NotEqual => CompareResult::NotEqual,
-        };
+        let result =
+            match R::try_from(c.result).map_err(|_| bad("compare.result", "unknown value"))? {
+                R::Equal => CompareResult::Equal,
+                R::Greater => CompareResult::Greater,
+                R::Less => CompareResult::Less,
+                R::NotEqual => CompareResult::NotEqual,
+            };
         let declared = T::try_from(c.target).map_err(|_| bad("compare.target", "unknown value"))?;
         // etcd reads the operand from the union member named by `target`; a missing member is
         // the zero value of that member.
@@ -115,9 +134,21 @@ impl TryFrom<pb::Compare> for Compare {
             (T::Value, None) => CompareTarget::Value(Vec::new()),
             (T::Lease, Some(U::Lease(v))) => CompareTarget::Lease(v),
             (T::Lease, None) => CompareTarget::Lease(0),
-            (t, Some(_)) => return Err(bad("compare.target_union", format!("does not match target {t:?}"))),
+            (t, Some(_)) => {
+                return Err(bad(
+                    "compare.target_union",
+                    format!("does not match target {t:?}"),
+                ))
+            }
         };
-        Ok(Compare { result, target, range: KeyRange { key: c.key, range_end: c.range_end } })
+        Ok(Compare {
+            result,
+            target,
+            range: KeyRange {
+                key: c.key,
+                range_end: c.range_end,
+            },
+        })
     }
 }
 
@@ -139,16 +170,38 @@ impl TryFrom<pb::TxnRequest> for TxnRequest {
     type Error = ValidationError;
     fn try_from(t: pb::TxnRequest) -> Result<Self, ValidationError> {
         Ok(TxnRequest {
-            compare: t.compare.into_iter().map(Compare::try_from).collect::<Result<_, _>>()?,
-            success: t.success.into_iter().map(TxnOp::try_from).collect::<Result<_, _>>()?,
-            failure: t.failure.into_iter().map(TxnOp::try_from).collect::<Result<_, _>>()?,
+            compare: t
+                .compare
+                .into_iter()
+                .map(Compare::try_from)
+                .collect::<Result<_, _>>()?,
+            success: t
+                .success
+                .into_iter()
+                .map(TxnOp::try_from)
+                .collect::<Result<_, _>>()?,
+            failure: t
+                .failure
+                .into_iter()
+                .map(TxnOp::try_from)
+                .collect::<Result<_, _>>()?,
         })
     }
 }
 
 /// Builds a response header; the server fills every field.
-pub fn header(cluster_id: u64, member_id: u64, revision: i64, raft_term: u64) -> pb::ResponseHeader {
-    pb::ResponseHeader { cluster_id, member_id, revision, raft_term }
+pub fn header(
+    cluster_id: u64,
+    member_id: u64,
+    revision: i64,
+    raft_term: u64,
+) -> pb::ResponseHeader {
+    pb::ResponseHeader {
+        cluster_id,
+        member_id,
+        revision,
+        raft_term,
+    }
 }
 
 /// Response conversions take the header to embed (nested txn responses carry one too).
@@ -172,7 +225,10 @@ impl IntoPb for RangeResponse {
 impl IntoPb for PutResponse {
     type Pb = pb::PutResponse;
     fn into_pb(self, header: &pb::ResponseHeader) -> pb::PutResponse {
-        pb::PutResponse { header: Some(*header), prev_kv: self.prev_kv.map(Into::into) }
+        pb::PutResponse {
+            header: Some(*header),
+            prev_kv: self.prev_kv.map(Into::into),
+        }
     }
 }
 
@@ -198,12 +254,18 @@ impl IntoPb for TxnResponse {
                 response: Some(match r {
                     TxnOpResponse::Range(r) => Response::ResponseRange(r.into_pb(header)),
                     TxnOpResponse::Put(r) => Response::ResponsePut(r.into_pb(header)),
-                    TxnOpResponse::DeleteRange(r) => Response::ResponseDeleteRange(r.into_pb(header)),
+                    TxnOpResponse::DeleteRange(r) => {
+                        Response::ResponseDeleteRange(r.into_pb(header))
+                    }
                     TxnOpResponse::Txn(r) => Response::ResponseTxn(r.into_pb(header)),
                 }),
             })
             .collect();
-        pb::TxnResponse { header: Some(*header), succeeded: self.succeeded, responses }
+        pb::TxnResponse {
+            header: Some(*header),
+            succeeded: self.succeeded,
+            responses,
+        }
     }
 }
 
@@ -235,7 +297,11 @@ mod tests {
 
     #[test]
     fn rejects_unknown_sort_order() {
-        let r = pb::RangeRequest { key: b"k".to_vec(), sort_order: 9, ..Default::default() };
+        let r = pb::RangeRequest {
+            key: b"k".to_vec(),
+            sort_order: 9,
+            ..Default::default()
+        };
         assert!(RangeRequest::try_from(r).is_err());
     }
 

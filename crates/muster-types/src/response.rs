@@ -46,7 +46,10 @@ pub enum ResponseBody {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact,
-    LeaseGrant { id: i64, ttl_secs: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl_secs: i64,
+    },
     LeaseRevoke,
     /// A membership or blank entry: nothing for a client.
     Empty,
@@ -59,4 +62,13 @@ pub struct CommandResponse {
     /// The store's revision after applying the entry.
     pub revision: i64,
     pub result: Result<ResponseBody, ApplyError>,
+}
+
+impl std::fmt::Display for CommandResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.result {
+            Ok(_) => write!(f, "ok@{}", self.revision),
+            Err(e) => write!(f, "{e}@{}", self.revision),
+        }
+    }
 }

@@ -1,0 +1,124 @@
+//! The server's errors, and the one place they become gRPC statuses.
+
+use muster_store::error::StoreError;
+use muster_types::{ApplyError, ValidationError};
+use serde::{Deserialize, Serialize};
+use tonic::metadata::MetadataValue;
+
+/// Why a write (or a read barrier) could not be completed by the Raft layer. Serializable: a
+/// leader returns it to a follower that forwarded the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum RaftPathError {
+    #[error("etcdserver: not leader (leader: {leader_id:?} at {leader_addr:?})")]
+    NotLeader {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: leader changed, commit status unknown")]
+    CommitUnknown,
+    #[error("etcdserver: leader {addr} unreachable: {reason}")]
+    LeaderUnreachable { addr: String, reason: String },
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("raft stopped: {reason}")]
+    Fatal { reason: String },
+    #[error("raft: {reason}")]
+    Internal { reason: String },
+}
+
+/// Every error a request handler can return.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Raft(#[from] RaftPathError),
+    #[error("storage failure: {0}")]
+    Storage(#[from] StoreError),
+    #[error("etcdserver: {what} is not supported")]
+    Unsupported { what: &'static str },
+    #[error("internal: apply returned an unexpected response to a {expected} request")]
+    UnexpectedResponse { expected: &'static str },
+}
+
+/// Metadata key carrying the leader's address on a NotLeader status.
+pub const LEADER_ADDR_HEADER: &str = "x-muster-leader";
+
+impl From<ServerError> for tonic::Status {
+    fn from(e: ServerError) -> Self {
+        use tonic::Code;
+        let msg = e.to_string();
+        let code = match &e {
+            ServerError::Validation(_) => Code::InvalidArgument,
+            ServerError::Apply(a) => match a {
+                ApplyError::LeaseNotFound { .. } => Code::NotFound,
+                ApplyError::LeaseExists { .. } => Code::FailedPrecondition,
+                ApplyError::KeyNotFound => Code::InvalidArgument,
+                ApplyError::Compacted { .. } | ApplyError::FutureRevision { .. } => {
+                    Code::OutOfRange
+                }
+            },
+            ServerError::Raft(r) => match r {
+                RaftPathError::NotLeader { .. }
+                | RaftPathError::NoLeader
+                | RaftPathError::CommitUnknown
+                | RaftPathError::LeaderUnreachable { .. }
+                | RaftPathError::Timeout => Code::Unavailable,
+                RaftPathError::Fatal { .. } | RaftPathError::Internal { .. } => Code::Internal,
+            },
+            ServerError::Storage(_) | ServerError::UnexpectedResponse { .. } => Code::Internal,
+            ServerError::Unsupported { .. } => Code::Unimplemented,
+        };
+        let mut status = tonic::Status::new(code, msg);
+        if let ServerError::Raft(RaftPathError::NotLeader {
+            leader_addr: Some(addr),
+            ..
+        }) = &e
+        {
+            if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
+                status.metadata_mut().insert(LEADER_ADDR_HEADER, v);
+            }
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_etcd_codes_and_messages() {
+        let s: tonic::Status = ServerError::from(ValidationError::EmptyKey).into();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert_eq!(s.message(), "etcdserver: key is not provided");
+        let s: tonic::Status = ServerError::from(ApplyError::Compacted {
+            compact_revision: 3,
+        })
+        .into();
+        assert_eq!(s.code(), tonic::Code::OutOfRange);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let s: tonic::Status = ServerError::from(ApplyError::LeaseNotFound { id: 7 }).into();
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        assert_eq!(s.message(), "etcdserver: requested lease not found");
+        let s: tonic::Status = ServerError::from(RaftPathError::NotLeader {
+            leader_id: Some(2),
+            leader_addr: Some("h:1".into()),
+        })
+        .into();
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            s.metadata()
+                .get(LEADER_ADDR_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some("h:1")
+        );
+    }
+}

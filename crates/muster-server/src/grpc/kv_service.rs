@@ -1,0 +1,98 @@
+//! etcd `KV` service: Range, Put, DeleteRange, Txn, Compact.
+
+use std::sync::Arc;
+
+use muster_proto::etcdserverpb as pb;
+use muster_proto::etcdserverpb::kv_server::Kv;
+use muster_types::pb::IntoPb;
+use muster_types::{
+    Command, DeleteRangeRequest, PutRequest, RangeRequest, ResponseBody, TxnRequest,
+};
+use tonic::{Request, Response, Status};
+
+use super::body;
+use crate::error::ServerError;
+use crate::node::Node;
+
+pub struct KvService {
+    pub node: Arc<Node>,
+}
+
+impl KvService {
+    async fn propose(&self, cmd: Command) -> Result<(i64, ResponseBody), ServerError> {
+        self.node.config.limits.check_command(&cmd)?;
+        body(self.node.write(cmd).await?)
+    }
+
+    async fn do_range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, ServerError> {
+        let req = RangeRequest::try_from(req)?;
+        self.node.config.limits.check_read(&req.range)?;
+        if !req.serializable {
+            self.node.linearizable_barrier().await?;
+        }
+        let (resp, revision) = {
+            let sm = self.node.sm.read();
+            (sm.mvcc.range(&req)??, sm.mvcc.current_revision())
+        };
+        Ok(resp.into_pb(&self.node.header(revision)))
+    }
+}
+
+fn unexpected(what: &'static str) -> ServerError {
+    ServerError::UnexpectedResponse { expected: what }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        Ok(Response::new(self.do_range(req.into_inner()).await?))
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let cmd = Command::Put(PutRequest::from(req.into_inner()));
+        match self.propose(cmd).await? {
+            (rev, ResponseBody::Put(p)) => Ok(Response::new(p.into_pb(&self.node.header(rev)))),
+            _ => Err(unexpected("put").into()),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let cmd = Command::DeleteRange(DeleteRangeRequest::from(req.into_inner()));
+        match self.propose(cmd).await? {
+            (rev, ResponseBody::DeleteRange(d)) => {
+                Ok(Response::new(d.into_pb(&self.node.header(rev))))
+            }
+            _ => Err(unexpected("delete_range").into()),
+        }
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let txn = TxnRequest::try_from(req.into_inner()).map_err(ServerError::from)?;
+        match self.propose(Command::Txn(txn)).await? {
+            (rev, ResponseBody::Txn(t)) => Ok(Response::new(t.into_pb(&self.node.header(rev)))),
+            _ => Err(unexpected("txn").into()),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        // Compaction is applied synchronously, so `physical` needs no separate wait.
+        let cmd = Command::Compact {
+            revision: req.into_inner().revision,
+        };
+        match self.propose(cmd).await? {
+            (rev, ResponseBody::Compact) => Ok(Response::new(pb::CompactionResponse {
+                header: Some(self.node.header(rev)),
+            })),
+            _ => Err(unexpected("compact").into()),
+        }
+    }
+}

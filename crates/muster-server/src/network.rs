@@ -1,0 +1,224 @@
+//! The Raft network, client side: one lazily connected tonic `Channel` per peer address,
+//! openraft RPCs sent as bincode payloads over `muster.raft.v1.RaftTransport`.
+//! The server side is `grpc/raft_service.rs`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use muster_proto::raftpb::raft_transport_client::RaftTransportClient;
+use muster_proto::raftpb::RaftPayload;
+use muster_store::raft::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, RaftNetworkFactory, RaftNetworkV2};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+/// A transport failure talking to a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("invalid peer address {addr}: {reason}")]
+    BadAddress { addr: String, reason: String },
+    #[error("rpc to {addr} failed: {status}")]
+    Rpc { addr: String, status: tonic::Status },
+    #[error("payload codec: {0}")]
+    Codec(#[from] bincode::Error),
+}
+
+/// One cached channel per peer address, shared by Raft replication and request forwarding.
+#[derive(Default)]
+pub struct PeerChannels {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl PeerChannels {
+    /// The channel to `addr`, created (lazily connecting) on first use.
+    pub fn get(&self, addr: &str) -> Result<Channel, PeerError> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = map.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| PeerError::BadAddress {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, PeerError> {
+        Ok(RaftTransportClient::new(self.get(addr)?)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<RaftPayload, bincode::Error> {
+    Ok(RaftPayload {
+        data: bincode::serialize(v)?,
+    })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, bincode::Error> {
+    bincode::deserialize(&p.data)
+}
+
+/// Calls one unary RaftTransport rpc with a deadline, returning the decoded reply.
+pub(crate) async fn call<Req, Resp, F, Fut>(
+    peers: &PeerChannels,
+    addr: &str,
+    timeout: Duration,
+    req: &Req,
+    f: F,
+) -> Result<Resp, PeerError>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned,
+    F: FnOnce(RaftTransportClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+{
+    let client = peers.client(addr)?;
+    let mut request = tonic::Request::new(encode(req)?);
+    request.set_timeout(timeout);
+    let reply = f(client, request).await.map_err(|status| PeerError::Rpc {
+        addr: addr.to_string(),
+        status,
+    })?;
+    Ok(decode(reply.get_ref())?)
+}
+
+/// Creates per-peer connections for openraft.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub peers: Arc<PeerChannels>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        tracing::debug!(target_node = target, addr = %node.addr, "new raft peer connection");
+        PeerConnection {
+            addr: node.addr.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+/// openraft's view of one peer.
+pub struct PeerConnection {
+    addr: String,
+    peers: Arc<PeerChannels>,
+}
+
+fn to_rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<TypeConfig, E> {
+    match &e {
+        // Connection refused / no route: back off before retrying.
+        PeerError::Rpc { status, .. } if status.code() == tonic::Code::Unavailable => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+/// A remote openraft error (the peer's Raft stopped) travels back as text.
+#[derive(Debug, thiserror::Error, Serialize, serde::Deserialize)]
+#[error("remote raft error: {reason}")]
+pub struct RemoteRaftError {
+    pub reason: String,
+}
+
+impl PeerConnection {
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        timeout: Duration,
+        req: &Req,
+        f: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftTransportClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let r: Result<Resp, RemoteRaftError> = call(&self.peers, &self.addr, timeout, req, f)
+            .await
+            .map_err(to_rpc_error)?;
+        r.map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(option.hard_ttl(), &rpc, |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(option.hard_ttl(), &(false, rpc), |mut c, r| async move {
+            c.vote(r).await
+        })
+        .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        // Same rpc as vote, flagged: a pre-vote changes no state on the receiver.
+        self.unary(option.hard_ttl(), &(true, rpc), |mut c, r| async move {
+            c.vote(r).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let req = (vote, snapshot.meta, snapshot.snapshot);
+        let send = call::<_, Result<SnapshotResponse<TypeConfig>, RemoteRaftError>, _, _>(
+            &self.peers,
+            &self.addr,
+            option.hard_ttl(),
+            &req,
+            |mut c, r| async move { c.install_snapshot(r).await },
+        );
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = send => match r {
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(remote)) => Err(StreamingError::Network(NetworkError::new(&remote))),
+                Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
+            },
+        }
+    }
+}

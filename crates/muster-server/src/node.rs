@@ -1,0 +1,207 @@
+//! Node assembly: opens sled, the log store and the state machine, starts openraft, and
+//! bootstraps the cluster on first start. Holds the handles every service uses.
+
+use openraft::async_runtime::watch::WatchReceiver;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use muster_store::raft::log_store::SledLogStore;
+use muster_store::raft::state_machine::{SmShared, StateMachineStore};
+use muster_store::raft::{NodeId, Raft};
+use openraft::{BasicNode, SnapshotPolicy};
+
+use crate::config::NodeConfig;
+use crate::network::{NetworkFactory, PeerChannels};
+
+/// Failure to start a node.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("opening data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("opening sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("opening storage: {0}")]
+    Storage(#[from] std::io::Error),
+    #[error("raft config: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    #[error("starting raft: {reason}")]
+    Raft { reason: String },
+}
+
+/// One running Muster node's core: Raft, the state machine and peer channels.
+pub struct Node {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub sm: Arc<SmShared>,
+    pub config: NodeConfig,
+    /// The address peers and clients reach this node at.
+    pub advertise: String,
+    pub peers: Arc<PeerChannels>,
+    pub cluster_id: u64,
+    /// The node's sled database (for size reporting and flushes).
+    pub db: sled::Db,
+}
+
+impl Node {
+    /// Opens storage and starts Raft. `advertise` is this node's reachable gRPC address.
+    pub async fn open(config: NodeConfig, advertise: String) -> Result<Arc<Node>, StartError> {
+        config.validate()?;
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let log_store = SledLogStore::open(&db)?;
+        let sm = StateMachineStore::open(&db, dir)?;
+        let shared = sm.shared();
+
+        let raft_config = openraft::Config {
+            cluster_name: config.cluster_name.clone(),
+            heartbeat_interval: config.raft.heartbeat.as_millis() as u64,
+            election_timeout_min: config.raft.election_min.as_millis() as u64,
+            election_timeout_max: config.raft.election_max.as_millis() as u64,
+            install_snapshot_timeout: config.raft.install_snapshot_timeout.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: 1000,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        }
+        .validate()?;
+
+        let peers = Arc::new(PeerChannels::default());
+        let network = NetworkFactory {
+            peers: peers.clone(),
+        };
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network,
+            log_store,
+            sm,
+        )
+        .await
+        .map_err(|e| StartError::Raft {
+            reason: e.to_string(),
+        })?;
+
+        let node = Arc::new(Node {
+            id: config.node_id,
+            raft,
+            sm: shared,
+            cluster_id: config.cluster_id(),
+            advertise,
+            peers,
+            config,
+            db,
+        });
+        node.bootstrap().await?;
+        Ok(node)
+    }
+
+    /// On first start with an empty log, the lowest id in the initial cluster initialises it;
+    /// every other node waits to be contacted. A restarted node ignores the bootstrap config.
+    async fn bootstrap(&self) -> Result<(), StartError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft {
+                reason: e.to_string(),
+            })?;
+        if initialized {
+            tracing::info!(
+                node_id = self.id,
+                "recovered from data dir; bootstrap config ignored"
+            );
+            return Ok(());
+        }
+        let mut members: BTreeMap<NodeId, BasicNode> = self
+            .config
+            .initial_cluster
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        if members.is_empty() {
+            members.insert(self.id, BasicNode::new(&self.advertise));
+        }
+        let first = members.keys().next().copied();
+        if first != Some(self.id) {
+            tracing::info!(
+                node_id = self.id,
+                "waiting for node {:?} to initialise the cluster",
+                first
+            );
+            return Ok(());
+        }
+        tracing::info!(node_id = self.id, members = ?members.keys().collect::<Vec<_>>(), "initialising cluster");
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| StartError::Raft {
+                reason: e.to_string(),
+            })?;
+        Ok(())
+    }
+
+    /// The current leader's id and address, if known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    /// The leader this node knows of.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// Index of this node's last log entry.
+    pub fn last_log_index(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().last_log_index
+    }
+
+    /// Index of the last entry applied to this node's state machine.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .as_ref()
+            .map(|l| l.index)
+    }
+
+    /// Waits until this node has applied `index`, or `timeout` passes.
+    pub async fn wait_applied(&self, index: Option<u64>, timeout: std::time::Duration) -> bool {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(index, "applied")
+            .await
+            .is_ok()
+    }
+
+    /// The current Raft term.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
+    /// Stops Raft. Storage handles are released when the last `Arc<Node>` is dropped.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(node_id = self.id, "raft shutdown: {e}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! History records: every write (put or tombstone) is stored under its revision. This module owns
+//! writing and removing them through the caller's batch, loading one for an old-revision read,
+//! and scanning them for watch catch-up ([`Mvcc::events_since`]).
+//!
+//! Writes of the group being applied sit in the caller's unapplied `sled::Batch`, invisible in the
+//! tree. Apply reads no history except for one case: a Range op inside a Txn at an old revision,
+//! which may need a record written earlier in the same group. `pending` keeps the records written
+//! since the caller last applied its batch so such a read finds them.
+
+use std::collections::BTreeMap;
+
+use muster_types::{ApplyError, Event, EventKind, KeyRange, Revision};
+
+use super::codec::{
+    decode_history, decode_history_key, encode_history, history_key, HistoryRecord, HISTORY_END,
+};
+use super::Mvcc;
+use crate::error::StoreError;
+
+pub(crate) struct History {
+    tree: sled::Tree,
+    /// Records written into a batch the caller may not have applied yet.
+    pending: BTreeMap<Revision, HistoryRecord>,
+}
+
+impl History {
+    pub fn new(tree: sled::Tree) -> Self {
+        History {
+            tree,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Forgets pending records once the caller has applied the batch holding them. sled applies
+    /// a batch atomically and batches in order, so the newest pending record being in the tree
+    /// means all of them are. (Compaction removes records from `pending` as well as from the
+    /// batch, so the newest pending record is always one that the batch inserts.)
+    pub fn settle(&mut self) -> Result<(), StoreError> {
+        if let Some((&newest, _)) = self.pending.last_key_value() {
+            if self.tree.contains_key(history_key(newest))? {
+                self.pending.clear();
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn write(
+        &mut self,
+        batch: &mut sled::Batch,
+        rev: Revision,
+        rec: HistoryRecord,
+    ) -> Result<(), StoreError> {
+        batch.insert(&history_key(rev), encode_history(&rec)?);
+        self.pending.insert(rev, rec);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, batch: &mut sled::Batch, rev: Revision) {
+        batch.remove(&history_key(rev));
+        self.pending.remove(&rev);
+    }
+
+    /// The record at `rev`, which the index says exists.
+    pub fn load(&self, rev: Revision) -> Result<HistoryRecord, StoreError> {
+        if let Some(rec) = self.pending.get(&rev) {
+            return Ok(rec.clone());
+        }
+        match self.tree.get(history_key(rev))? {
+            Some(bytes) => decode_history(&bytes),
+            None => Err(StoreError::Corrupt {
+                what: format!("history record {rev:?} is indexed but missing"),
+            }),
+        }
+    }
+
+    /// Every record at or after `from`, in revision order, from the tree (outside apply only).
+    pub fn scan_from(
+        &self,
+        from: Revision,
+    ) -> impl Iterator<Item = Result<(Revision, HistoryRecord), StoreError>> {
+        self.tree
+            .range(history_key(from).to_vec()..HISTORY_END.to_vec())
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((decode_history_key(&key)?, decode_history(&value)?))
+            })
+    }
+
+    /// Every record, in revision order (for rebuilding the index on open).
+    pub fn scan_all(&self) -> impl Iterator<Item = Result<(Revision, HistoryRecord), StoreError>> {
+        self.scan_from(Revision { main: 0, sub: 0 })
+    }
+}
+
+impl Mvcc {
+    /// History for watch catch-up: the events with revision ≥ `from` on keys in `range`, in
+    /// revision order. Stops once `limit` events are collected (0 = no limit), but never inside
+    /// a revision: the events of the last revision are all included, so the result may exceed
+    /// `limit`. `from ≤ 0` means from the oldest revision still readable.
+    ///
+    /// Each event carries its `prev_kv` when the key's previous change is still in the history
+    /// and was a put (for an event at exactly the compact revision, it may have been compacted).
+    ///
+    /// `Err(Compacted)` when `from` is below the compact revision (as in etcd, a watch may start
+    /// at the compact revision itself: compaction keeps every change made at it). Call only
+    /// after the caller's batch is applied.
+    pub fn events_since(
+        &self,
+        from: i64,
+        range: &KeyRange,
+        limit: usize,
+    ) -> Result<Result<Vec<Event>, ApplyError>, StoreError> {
+        if from > 0 && from < self.compact_revision {
+            return Ok(Err(ApplyError::Compacted {
+                compact_revision: self.compact_revision,
+            }));
+        }
+        let from = from.max(self.compact_revision).max(1);
+        let mut events: Vec<Event> = Vec::new();
+        for item in self.history.scan_from(Revision { main: from, sub: 0 }) {
+            let (rev, rec) = item?;
+            if !range.contains(&rec.kv.key) {
+                continue;
+            }
+            let full = limit > 0 && events.len() >= limit;
+            if full
+                && events
+                    .last()
+                    .is_some_and(|last| last.kv.mod_revision != rev.main)
+            {
+                break;
+            }
+            let prev_kv = self.prev_kv(&rec.kv.key, rev)?;
+            let kind = if rec.tombstone {
+                EventKind::Delete
+            } else {
+                EventKind::Put
+            };
+            events.push(Event {
+                kind,
+                kv: rec.kv,
+                prev_kv,
+            });
+        }
+        Ok(Ok(events))
+    }
+
+    /// The value `key` had just before the change at `rev`, if it existed and is still stored.
+    fn prev_kv(
+        &self,
+        key: &[u8],
+        rev: Revision,
+    ) -> Result<Option<muster_types::KeyValue>, StoreError> {
+        match self.index.get(key).and_then(|ki| ki.before(rev)) {
+            Some((prev, false)) => Ok(Some(self.history.load(prev)?.kv)),
+            _ => Ok(None),
+        }
+    }
+}

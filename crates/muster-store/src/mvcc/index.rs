@@ -1,0 +1,205 @@
+//! The in-memory key index: for every key, its live value (if any) and the revisions at which it
+//! changed, kept until compaction. Current reads, compares and everything apply needs are served
+//! from here; a read at an old revision finds here which revision to fetch and loads the value
+//! from the history records. Rebuilt from the history records on open.
+
+use std::collections::btree_map;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use muster_types::{KeyRange, KeyValue, Revision};
+
+/// One key's state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct KeyIndex {
+    /// The current value; `None` while the key is deleted (its history may still be readable).
+    pub live: Option<KeyValue>,
+    /// Every change not yet compacted away, ascending: (revision, is a tombstone).
+    pub revs: Vec<(Revision, bool)>,
+}
+
+impl KeyIndex {
+    /// The latest change at or before main revision `at`.
+    pub fn latest_at(&self, at: i64) -> Option<(Revision, bool)> {
+        let n = self.revs.partition_point(|(r, _)| r.main <= at);
+        self.revs.get(n.checked_sub(1)?).copied()
+    }
+
+    /// The change just before `rev`.
+    pub fn before(&self, rev: Revision) -> Option<(Revision, bool)> {
+        let n = self.revs.partition_point(|(r, _)| *r < rev);
+        self.revs.get(n.checked_sub(1)?).copied()
+    }
+
+    /// Whether `rev` is the key's latest change.
+    pub fn is_latest(&self, rev: Revision) -> bool {
+        self.revs.last().map(|(r, _)| *r) == Some(rev)
+    }
+
+    /// Drops the changes no read at or after `at` (and no watch starting at `at`) needs, and
+    /// returns their revisions. Keeps every change at `at` or later; of the older ones, keeps only
+    /// the latest, and only if no change at `at` supersedes it and it is a put (a tombstone below
+    /// `at` says nothing an absent history does not say).
+    fn compact(&mut self, at: i64) -> impl Iterator<Item = Revision> + '_ {
+        let first_kept_candidate = self.revs.partition_point(|(r, _)| r.main < at);
+        let has_change_at = self
+            .revs
+            .get(first_kept_candidate)
+            .is_some_and(|(r, _)| r.main == at);
+        let keep_from = match first_kept_candidate
+            .checked_sub(1)
+            .and_then(|i| self.revs.get(i))
+        {
+            Some((_, false)) if !has_change_at => first_kept_candidate - 1,
+            _ => first_kept_candidate,
+        };
+        self.revs.drain(..keep_from).map(|(r, _)| r)
+    }
+}
+
+/// Every key that is live or still has history.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Index {
+    keys: BTreeMap<Vec<u8>, KeyIndex>,
+    /// Number of keys with a live value (kept so `key_count` is O(1)).
+    live_count: usize,
+}
+
+impl Index {
+    pub fn get(&self, key: &[u8]) -> Option<&KeyIndex> {
+        self.keys.get(key)
+    }
+
+    pub fn live(&self, key: &[u8]) -> Option<&KeyValue> {
+        self.keys.get(key)?.live.as_ref()
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.live_count
+    }
+
+    /// The keys in `range` (live or not), in key order.
+    pub fn range(&self, range: &KeyRange) -> btree_map::Range<'_, Vec<u8>, KeyIndex> {
+        let start = range.key.as_slice();
+        let end = if range.is_single() {
+            Bound::Included(start)
+        } else {
+            match range.end_bound() {
+                None => Bound::Unbounded,
+                // BTreeMap::range panics on start > end; an inverted range selects nothing (as in
+                // etcd), and [start, start) is a valid empty range.
+                Some(end) if end <= start => Bound::Excluded(start),
+                Some(end) => Bound::Excluded(end),
+            }
+        };
+        self.keys.range::<[u8], _>((Bound::Included(start), end))
+    }
+
+    /// The live key-values in `range`, in key order.
+    pub fn live_in<'a>(&'a self, range: &KeyRange) -> impl Iterator<Item = &'a KeyValue> + 'a {
+        self.range(range).filter_map(|(_, ki)| ki.live.as_ref())
+    }
+
+    /// Every live key-value, in key order.
+    pub fn all_live(&self) -> impl Iterator<Item = &KeyValue> {
+        self.keys.values().filter_map(|ki| ki.live.as_ref())
+    }
+
+    /// Records a put at `rev`; `kv` is the new value.
+    pub fn put(&mut self, rev: Revision, kv: KeyValue) {
+        let ki = self.keys.entry(kv.key.clone()).or_default();
+        if ki.live.is_none() {
+            self.live_count += 1;
+        }
+        ki.revs.push((rev, false));
+        ki.live = Some(kv);
+    }
+
+    /// Records a delete of `key` at `rev`; returns the value it had.
+    pub fn delete(&mut self, rev: Revision, key: &[u8]) -> Option<KeyValue> {
+        let ki = self.keys.entry(key.to_vec()).or_default();
+        ki.revs.push((rev, true));
+        let prev = ki.live.take();
+        if prev.is_some() {
+            self.live_count -= 1;
+        }
+        prev
+    }
+
+    /// Compacts every key at `at` (see [`KeyIndex::compact`]) and forgets keys left with neither
+    /// a live value nor history. Returns the revisions whose history records are now garbage.
+    pub fn compact(&mut self, at: i64) -> Vec<Revision> {
+        let mut removed = Vec::new();
+        self.keys.retain(|_, ki| {
+            removed.extend(ki.compact(at));
+            ki.live.is_some() || !ki.revs.is_empty()
+        });
+        removed.sort_unstable();
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(main: i64) -> Revision {
+        Revision { main, sub: 0 }
+    }
+
+    fn kv(key: &str, rev: i64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            mod_revision: rev,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn range_handles_single_prefix_from_key_and_inverted() {
+        let mut ix = Index::default();
+        for (i, k) in ["a", "ab", "b", "c"].iter().enumerate() {
+            ix.put(rev(i as i64 + 2), kv(k, i as i64 + 2));
+        }
+        let keys = |r: KeyRange| ix.range(&r).map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(KeyRange::single("a")), vec![b"a".to_vec()]);
+        assert_eq!(
+            keys(KeyRange::prefix("a")),
+            vec![b"a".to_vec(), b"ab".to_vec()]
+        );
+        assert_eq!(
+            keys(KeyRange::new("b", vec![0])),
+            vec![b"b".to_vec(), b"c".to_vec()]
+        );
+        assert_eq!(keys(KeyRange::new(vec![0], vec![0])).len(), 4);
+        assert!(keys(KeyRange::new("c", "a")).is_empty());
+        assert!(keys(KeyRange::new("b", "b")).is_empty());
+    }
+
+    #[test]
+    fn compact_keeps_what_reads_at_or_after_need() {
+        // put@2, put@3, del@4, put@6
+        let ki = KeyIndex {
+            live: None,
+            revs: vec![
+                (rev(2), false),
+                (rev(3), false),
+                (rev(4), true),
+                (rev(6), false),
+            ],
+        };
+        let mut a = ki.clone();
+        assert_eq!(a.compact(3).collect::<Vec<_>>(), vec![rev(2)]);
+        // Latest before 5 is a tombstone: dropped with everything older.
+        let mut b = ki.clone();
+        assert_eq!(b.compact(5).count(), 3);
+        assert_eq!(b.revs, vec![(rev(6), false)]);
+        // A tombstone exactly at the compact revision stays (a watch from there must see it).
+        let mut c = ki.clone();
+        assert_eq!(c.compact(4).collect::<Vec<_>>(), vec![rev(2), rev(3)]);
+        assert_eq!(c.revs, vec![(rev(4), true), (rev(6), false)]);
+        let mut d = ki;
+        assert_eq!(d.compact(9).count(), 3);
+        assert_eq!(d.revs, vec![(rev(6), false)]);
+    }
+}

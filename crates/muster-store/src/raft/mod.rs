@@ -1,0 +1,43 @@
+//! Everything that touches openraft's storage API: the type configuration, the sled-backed log
+//! store (with group commit) and the state machine that wraps the MVCC keyspace.
+//!
+//! openraft 0.10 is an alpha whose API moves between releases; keeping every openraft-facing
+//! storage type here means an upgrade touches this module and the server's network/node glue
+//! only.
+//!
+//! Layout:
+//! - [`log_store`]: [`log_store::SledLogStore`], the Raft log and vote in sled; group commit.
+//! - [`state_machine`]: [`state_machine::StateMachineStore`], applies committed entries to
+//!   [`crate::mvcc::Mvcc`], snapshots and installs snapshots.
+
+pub mod log_store;
+pub mod state_machine;
+
+use muster_types::{CommandResponse, LogEntry};
+
+openraft::declare_raft_types!(
+    /// Muster's Raft type configuration: the log carries [`LogEntry`], apply returns
+    /// [`CommandResponse`], nodes are `u64` ids with their gRPC address.
+    pub TypeConfig:
+        D = LogEntry,
+        R = CommandResponse,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+);
+
+pub type NodeId = u64;
+pub type Node = openraft::BasicNode;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+/// A snapshot's bytes: the bincode of [`state_machine::SnapshotPayload`].
+pub type SnapshotData = Vec<u8>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachineStore>;
+
+/// Maps a storage-layer failure into the `io::Error` openraft's storage traits speak.
+pub(crate) fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
+    std::io::Error::other(e)
+}

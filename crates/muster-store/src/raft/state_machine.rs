@@ -1,0 +1,308 @@
+//! The Raft state machine: applies committed entries to the MVCC keyspace, persists the applied
+//! log id and membership in the same atomic sled batch, and builds and installs snapshots.
+//!
+//! Readers (Range, Status, watch catch-up) share [`SmShared`] with the applier: apply holds the
+//! write lock while it changes the keyspace, so a reader sees whole entries or nothing.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use futures::{Stream, TryStreamExt};
+use muster_types::{CommandResponse, Event, ResponseBody};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::{io_err, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::mvcc::Mvcc;
+
+/// Raft-side meta lives in the state machine's tree under this prefix, so it is written in the
+/// same atomic batch as the data it describes. The MVCC layer never uses this prefix.
+const KEY_APPLIED: &[u8] = b"s/applied";
+const KEY_MEMBERSHIP: &[u8] = b"s/membership";
+const META_PREFIX: u8 = b's';
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+/// An apply batch slower than this is logged as a warning.
+const SLOW_APPLY_MS: u128 = 100;
+
+/// State shared between the applier and readers.
+pub struct SmShared {
+    tree: sled::Tree,
+    inner: RwLock<SmInner>,
+}
+
+/// The state under the apply lock.
+pub struct SmInner {
+    pub mvcc: Mvcc,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+impl SmShared {
+    /// A read view of the state machine. Never hold it across an `.await`.
+    pub fn read(&self) -> RwLockReadGuard<'_, SmInner> {
+        // A poisoned lock means an apply panicked half-way: the state is unknown and serving
+        // from it would be wrong, so propagate the panic.
+        self.inner
+            .read()
+            .unwrap_or_else(|p| panic!("state machine lock poisoned: {p}"))
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, SmInner> {
+        self.inner
+            .write()
+            .unwrap_or_else(|p| panic!("state machine lock poisoned: {p}"))
+    }
+}
+
+/// What a snapshot carries: every keyspace record (history, leases, MVCC meta), in key order.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotPayload {
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: SnapshotData,
+}
+
+/// openraft's handle on the state machine; clones share the same state.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    shared: Arc<SmShared>,
+    db: sled::Db,
+    dir: PathBuf,
+}
+
+fn decode_meta<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &[u8],
+) -> io::Result<Option<T>> {
+    match tree.get(key).map_err(io_err)? {
+        Some(v) => Ok(Some(bincode::deserialize(&v).map_err(io_err)?)),
+        None => Ok(None),
+    }
+}
+
+impl StateMachineStore {
+    /// Opens the state machine over the `sm` tree of `db`; `dir` holds the snapshot file.
+    pub fn open(db: &sled::Db, dir: &Path) -> io::Result<Self> {
+        let tree = db.open_tree("sm").map_err(io_err)?;
+        let mvcc = Mvcc::open(tree.clone()).map_err(io_err)?;
+        let last_applied = decode_meta::<Option<LogId>>(&tree, KEY_APPLIED)?.flatten();
+        let membership =
+            decode_meta::<StoredMembership>(&tree, KEY_MEMBERSHIP)?.unwrap_or_default();
+        let shared = Arc::new(SmShared {
+            tree,
+            inner: RwLock::new(SmInner {
+                mvcc,
+                last_applied,
+                membership,
+            }),
+        });
+        Ok(StateMachineStore {
+            shared,
+            db: db.clone(),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The state shared with readers.
+    pub fn shared(&self) -> Arc<SmShared> {
+        self.shared.clone()
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.dir.join(SNAPSHOT_FILE)
+    }
+
+    /// Writes the snapshot file crash-atomically: temp file, fsync, rename.
+    fn save_snapshot_file(&self, snap: &StoredSnapshot) -> io::Result<()> {
+        use std::io::Write;
+        let bytes = bincode::serialize(snap).map_err(io_err)?;
+        let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.snapshot_path())?;
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    fn load_snapshot_file(&self) -> io::Result<Option<StoredSnapshot>> {
+        match std::fs::read(self.snapshot_path()) {
+            Ok(bytes) => Ok(Some(bincode::deserialize(&bytes).map_err(io_err)?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let (records, last_applied, membership) = {
+            let inner = self.shared.read();
+            let mut records = Vec::new();
+            for item in self.shared.tree.iter() {
+                let (k, v) = item.map_err(io_err)?;
+                if k.first() != Some(&META_PREFIX) {
+                    records.push((k.to_vec(), v.to_vec()));
+                }
+            }
+            (
+                records,
+                inner.last_applied.clone(),
+                inner.membership.clone(),
+            )
+        };
+        let data = bincode::serialize(&SnapshotPayload { records }).map_err(io_err)?;
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.save_snapshot_file(&stored)?;
+        let index = meta.last_log_id.as_ref().map(|l| l.index);
+        tracing::info!(?index, bytes = stored.data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: stored.data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let inner = self.shared.read();
+        Ok((inner.last_applied.clone(), inner.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
+        let started = Instant::now();
+        let count = entries.len();
+        let mut replies = Vec::with_capacity(count);
+        let mut events: Vec<Event> = Vec::new();
+        {
+            let mut guard = self.shared.write();
+            let inner = &mut *guard;
+            let mut batch = sled::Batch::default();
+            for (entry, responder) in entries {
+                let response = match entry.payload {
+                    EntryPayload::Blank => empty_response(&inner.mvcc),
+                    EntryPayload::Normal(log_entry) => inner
+                        .mvcc
+                        .apply(log_entry.time_ms, &log_entry.cmd, &mut batch, &mut events)
+                        .map_err(io_err)?,
+                    EntryPayload::Membership(m) => {
+                        inner.membership = StoredMembership::new(Some(entry.log_id.clone()), m);
+                        empty_response(&inner.mvcc)
+                    }
+                };
+                inner.last_applied = Some(entry.log_id);
+                if let Some(r) = responder {
+                    replies.push((r, response));
+                }
+            }
+            batch.insert(
+                KEY_APPLIED,
+                bincode::serialize(&inner.last_applied).map_err(io_err)?,
+            );
+            batch.insert(
+                KEY_MEMBERSHIP,
+                bincode::serialize(&inner.membership).map_err(io_err)?,
+            );
+            self.shared.tree.apply_batch(batch).map_err(io_err)?;
+            if let Some(l) = &inner.last_applied {
+                tracing::debug!(
+                    log_index = l.index,
+                    revision = inner.mvcc.current_revision(),
+                    count,
+                    "applied"
+                );
+            }
+        }
+        let ms = started.elapsed().as_millis();
+        if ms > SLOW_APPLY_MS {
+            tracing::warn!(apply_ms = ms as u64, count, "slow apply");
+        }
+        for (r, response) in replies {
+            r.send(response);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let payload: SnapshotPayload = bincode::deserialize(&snapshot).map_err(io_err)?;
+        {
+            let mut inner = self.shared.write();
+            // One batch: sled applies it atomically, so a crash leaves the old state or the new.
+            let mut batch = sled::Batch::default();
+            for item in self.shared.tree.iter() {
+                let (k, _) = item.map_err(io_err)?;
+                batch.remove(k);
+            }
+            for (k, v) in &payload.records {
+                batch.insert(k.as_slice(), v.as_slice());
+            }
+            batch.insert(
+                KEY_APPLIED,
+                bincode::serialize(&meta.last_log_id).map_err(io_err)?,
+            );
+            batch.insert(
+                KEY_MEMBERSHIP,
+                bincode::serialize(&meta.last_membership).map_err(io_err)?,
+            );
+            self.shared.tree.apply_batch(batch).map_err(io_err)?;
+            inner.mvcc = Mvcc::open(self.shared.tree.clone()).map_err(io_err)?;
+            inner.last_applied = meta.last_log_id.clone();
+            inner.membership = meta.last_membership.clone();
+        }
+        self.db.flush_async().await.map_err(io_err)?;
+        self.save_snapshot_file(&StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot,
+        })?;
+        let index = meta.last_log_id.as_ref().map(|l| l.index);
+        tracing::info!(?index, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self.load_snapshot_file()?.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: s.data,
+        }))
+    }
+}
+
+fn empty_response(mvcc: &Mvcc) -> CommandResponse {
+    CommandResponse {
+        revision: mvcc.current_revision(),
+        result: Ok(ResponseBody::Empty),
+    }
+}

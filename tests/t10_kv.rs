@@ -1,0 +1,274 @@
+//! KV on a real 3-node cluster through the `etcd-client` crate: writes on any node, reads on
+//! every node agree; etcd revision and version rules; range options; txn; compaction.
+
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
+use muster_tests::{etcd, status, Cluster};
+
+const T: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_on_any_node_reads_on_every_node_agree() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let mut last_rev = 0;
+    for (i, id) in cluster.ids().into_iter().enumerate() {
+        let mut c = etcd(&cluster, id).await?;
+        let resp = c.put(format!("agree/k{i}"), format!("v{i}"), None).await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+        assert_eq!(
+            rev,
+            last_rev.max(1) + 1,
+            "each put advances the revision by one"
+        );
+        last_rev = rev;
+    }
+    // Linearizable reads on every node see every acknowledged write at once.
+    let mut views = Vec::new();
+    for id in cluster.ids() {
+        let mut c = etcd(&cluster, id).await?;
+        let r = c
+            .get("agree/", Some(GetOptions::new().with_prefix()))
+            .await?;
+        assert_eq!(r.count(), 3, "node {id} sees all three keys");
+        let kvs: Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)> = r
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key().to_vec(),
+                    kv.value().to_vec(),
+                    kv.create_revision(),
+                    kv.mod_revision(),
+                    kv.version(),
+                )
+            })
+            .collect();
+        assert_eq!(r.header().map(|h| h.revision()), Some(last_rev));
+        views.push(kvs);
+    }
+    assert!(
+        views.windows(2).all(|w| w[0] == w[1]),
+        "all nodes return identical key-values: {views:?}"
+    );
+    // Serializable reads converge too.
+    cluster.wait_converged(T).await?;
+    for id in cluster.ids() {
+        let mut c = etcd(&cluster, id).await?;
+        let r = c
+            .get(
+                "agree/",
+                Some(GetOptions::new().with_prefix().with_serializable()),
+            )
+            .await?;
+        assert_eq!(r.count(), 3);
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revisions_versions_and_prev_kv_follow_etcd() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let mut c = etcd(&cluster, 2).await?;
+    let r1 = c
+        .put("rv/a", "1", None)
+        .await?
+        .header()
+        .map(|h| h.revision())
+        .unwrap_or_default();
+    let put2 = c
+        .put("rv/a", "2", Some(PutOptions::new().with_prev_key()))
+        .await?;
+    let prev = put2.prev_key().expect("prev_kv returned");
+    assert_eq!(
+        (prev.value(), prev.version(), prev.mod_revision()),
+        (&b"1"[..], 1, r1)
+    );
+    let r2 = put2.header().map(|h| h.revision()).unwrap_or_default();
+    assert_eq!(r2, r1 + 1);
+    let kv = c.get("rv/a", None).await?.kvs()[0].clone();
+    assert_eq!(
+        (kv.create_revision(), kv.mod_revision(), kv.version()),
+        (r1, r2, 2)
+    );
+
+    // Delete resets the version; a re-put is a new creation.
+    let del = c
+        .delete(
+            "rv/a",
+            Some(etcd_client::DeleteOptions::new().with_prev_key()),
+        )
+        .await?;
+    assert_eq!(del.deleted(), 1);
+    assert_eq!(del.prev_kvs()[0].value(), b"2");
+    let r4 = c
+        .put("rv/a", "3", None)
+        .await?
+        .header()
+        .map(|h| h.revision())
+        .unwrap_or_default();
+    let kv = c.get("rv/a", None).await?.kvs()[0].clone();
+    assert_eq!((kv.create_revision(), kv.version()), (r4, 1));
+
+    // Deleting nothing does not advance the revision.
+    let before = c
+        .get("rv/a", None)
+        .await?
+        .header()
+        .map(|h| h.revision())
+        .unwrap_or_default();
+    let del = c.delete("rv/none", None).await?;
+    assert_eq!(del.deleted(), 0);
+    assert_eq!(del.header().map(|h| h.revision()), Some(before));
+
+    // Reads at an old revision see the old value.
+    let old = c
+        .get("rv/a", Some(GetOptions::new().with_revision(r1)))
+        .await?;
+    assert_eq!(old.kvs()[0].value(), b"1");
+    let gone = c
+        .get("rv/a", Some(GetOptions::new().with_revision(r4 - 1)))
+        .await?;
+    assert_eq!(
+        gone.count(),
+        0,
+        "the key did not exist between delete and re-put"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn range_options() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let mut c = etcd(&cluster, 1).await?;
+    for k in ["r/a", "r/b", "r/c", "r/d", "s/x"] {
+        c.put(k, format!("val-{k}"), None).await?;
+    }
+    let r = c
+        .get("r/", Some(GetOptions::new().with_prefix().with_limit(2)))
+        .await?;
+    assert_eq!((r.kvs().len(), r.count(), r.more()), (2, 4, true));
+    let r = c
+        .get("r/c", Some(GetOptions::new().with_from_key()))
+        .await?;
+    let keys: Vec<&[u8]> = r.kvs().iter().map(|kv| kv.key()).collect();
+    assert_eq!(keys, vec![&b"r/c"[..], b"r/d", b"s/x"]);
+    let r = c
+        .get("r/", Some(GetOptions::new().with_prefix().with_keys_only()))
+        .await?;
+    assert!(r.kvs().iter().all(|kv| kv.value().is_empty()));
+    let r = c
+        .get(
+            "r/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await?;
+    assert_eq!((r.kvs().len(), r.count()), (0, 4));
+    let r = c
+        .get(
+            "r/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Key, SortOrder::Descend),
+            ),
+        )
+        .await?;
+    assert_eq!(r.kvs()[0].key(), b"r/d");
+    let r = c
+        .get("r/b", Some(GetOptions::new().with_range("r/d")))
+        .await?;
+    assert_eq!(r.count(), 2);
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn txn_compare_and_swap() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let mut c = etcd(&cluster, 3).await?;
+    // put-if-absent (python etcd3's put_if_not_exists): compare create_revision == 0.
+    let txn = Txn::new()
+        .when([Compare::create_revision("cas/k", CompareOp::Equal, 0)])
+        .and_then([
+            TxnOp::put("cas/k", "first", None),
+            TxnOp::put("cas/other", "x", None),
+        ])
+        .or_else([TxnOp::get("cas/k", None)]);
+    let r = c.txn(txn.clone()).await?;
+    assert!(r.succeeded());
+    let rev = r.header().map(|h| h.revision()).unwrap_or_default();
+    let a = c.get("cas/k", None).await?.kvs()[0].clone();
+    let b = c.get("cas/other", None).await?.kvs()[0].clone();
+    assert_eq!(
+        (a.mod_revision(), b.mod_revision()),
+        (rev, rev),
+        "one txn, one revision"
+    );
+
+    let r = c.txn(txn).await?;
+    assert!(!r.succeeded(), "second put-if-absent fails");
+    assert_eq!(
+        r.header().map(|h| h.revision()),
+        Some(rev),
+        "a failed read-only branch changes nothing"
+    );
+
+    // CAS on value.
+    let swap = Txn::new()
+        .when([Compare::value("cas/k", CompareOp::Equal, "first")])
+        .and_then([TxnOp::put("cas/k", "second", None)]);
+    assert!(c.txn(swap.clone()).await?.succeeded());
+    assert!(!c.txn(swap).await?.succeeded());
+    let v = c.get("cas/k", None).await?.kvs()[0].value().to_vec();
+    assert_eq!(v, b"second");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compaction_discards_old_revisions() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let mut c = etcd(&cluster, 1).await?;
+    let r1 = c
+        .put("cmp/k", "1", None)
+        .await?
+        .header()
+        .map(|h| h.revision())
+        .unwrap_or_default();
+    let r2 = c
+        .put("cmp/k", "2", None)
+        .await?
+        .header()
+        .map(|h| h.revision())
+        .unwrap_or_default();
+    c.put("cmp/k", "3", None).await?;
+    c.compact(r2, None).await?;
+    for id in cluster.ids() {
+        let mut c = etcd(&cluster, id).await?;
+        let err = c
+            .get("cmp/k", Some(GetOptions::new().with_revision(r1)))
+            .await
+            .expect_err("compacted");
+        let s = status(err)?;
+        assert_eq!(s.code(), tonic::Code::OutOfRange);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let at = c
+            .get("cmp/k", Some(GetOptions::new().with_revision(r2)))
+            .await?;
+        assert_eq!(
+            at.kvs()[0].value(),
+            b"2",
+            "the compact revision itself stays readable"
+        );
+    }
+    let s = status(c.compact(r1, None).await.expect_err("already compacted"))?;
+    assert_eq!(s.code(), tonic::Code::OutOfRange);
+    cluster.shutdown().await;
+    Ok(())
+}
