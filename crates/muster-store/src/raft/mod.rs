@@ -12,6 +12,8 @@
 
 pub mod log_store;
 pub mod state_machine;
+#[cfg(test)]
+mod suite_tests;
 
 use muster_types::{CommandResponse, LogEntry};
 

@@ -1,0 +1,39 @@
+//! openraft's own storage conformance suite, run against the sled log store and our state
+//! machine (each test case gets a fresh temp dir).
+
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::StorageError;
+use tempfile::TempDir;
+
+use super::log_store::SledLogStore;
+use super::state_machine::StateMachineStore;
+use super::TypeConfig;
+
+struct SledBuilder;
+
+fn source<E: std::error::Error + 'static>(e: &E) -> openraft::alias::ErrorSourceOf<TypeConfig> {
+    use openraft::errors::ErrorSource;
+    openraft::alias::ErrorSourceOf::<TypeConfig>::from_error(e)
+}
+
+impl StoreBuilder<TypeConfig, SledLogStore, StateMachineStore, TempDir> for SledBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(TempDir, SledLogStore, StateMachineStore), StorageError<TypeConfig>> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::read(source(&e)))?;
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .map_err(|e| StorageError::read(source(&e)))?;
+        let log = SledLogStore::open(&db).map_err(|e| StorageError::read(source(&e)))?;
+        let sm =
+            StateMachineStore::open(&db, dir.path()).map_err(|e| StorageError::read(source(&e)))?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite() -> Result<(), StorageError<TypeConfig>> {
+    Suite::test_all(SledBuilder).await?;
+    Ok(())
+}
