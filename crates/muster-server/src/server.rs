@@ -11,7 +11,6 @@ use muster_proto::raftpb::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::NodeConfig;
 use crate::grpc::cluster_service::ClusterService;
@@ -75,7 +74,9 @@ pub async fn start_with_listener(
                 .max_encoding_message_size(usize::MAX),
         );
     let grpc_task = tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(listener);
+        // tonic's own `tcp_nodelay` applies only to listeners it binds itself; without
+        // TCP_NODELAY small replies wait for delayed ACKs (~40 ms).
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = rx.await;
