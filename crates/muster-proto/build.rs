@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "etcd/authpb/auth.proto",
     "etcd/etcdserverpb/rpc.proto",
     "muster/raft/v1/raft.proto",
+    "muster/v1/registry.proto",
 ];
 
 fn main() {

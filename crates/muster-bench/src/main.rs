@@ -18,7 +18,10 @@ use muster_testkit::TestCluster;
 use stats::Samples;
 
 #[derive(Parser)]
-#[command(name = "muster-bench", about = "Benchmarks for Muster (and etcd through the same API)")]
+#[command(
+    name = "muster-bench",
+    about = "Benchmarks for Muster (and etcd through the same API)"
+)]
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
@@ -66,12 +69,32 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.cmd {
-        Cmd::Put { endpoints, count, concurrency, key_size, value_size, keys, max_secs } => {
+        Cmd::Put {
+            endpoints,
+            count,
+            concurrency,
+            key_size,
+            value_size,
+            keys,
+            max_secs,
+        } => {
             let eps: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();
-            let r = bench_put(&eps, count, concurrency, key_size, value_size, keys, Duration::from_secs(max_secs)).await?;
+            let r = bench_put(
+                &eps,
+                count,
+                concurrency,
+                key_size,
+                value_size,
+                keys,
+                Duration::from_secs(max_secs),
+            )
+            .await?;
             r.print("put", args.json);
         }
-        Cmd::Failover { rounds, production_timing } => bench_failover(rounds, production_timing, args.json).await?,
+        Cmd::Failover {
+            rounds,
+            production_timing,
+        } => bench_failover(rounds, production_timing, args.json).await?,
     }
     Ok(())
 }
@@ -101,7 +124,9 @@ async fn bench_put(
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..concurrency {
-        let client = etcd_client::Client::connect(endpoints, None).await.context("connecting")?;
+        let client = etcd_client::Client::connect(endpoints, None)
+            .await
+            .context("connecting")?;
         let value = value.clone();
         let done = done.clone();
         let share = count / concurrency + usize::from(w < count % concurrency);
@@ -126,7 +151,10 @@ async fn bench_put(
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                eprintln!("  … {} / {count} puts", done.load(std::sync::atomic::Ordering::Relaxed));
+                eprintln!(
+                    "  … {} / {count} puts",
+                    done.load(std::sync::atomic::Ordering::Relaxed)
+                );
             }
         })
     };
@@ -149,8 +177,13 @@ async fn bench_failover(rounds: usize, production_timing: bool, json: bool) -> a
     let mut write = Vec::new();
     for round in 0..rounds {
         let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
-        let survivor = cluster.ids().into_iter().find(|id| *id != leader).context("no survivor")?;
-        let mut client = etcd_client::Client::connect([cluster.addr(survivor).to_string()], None).await?;
+        let survivor = cluster
+            .ids()
+            .into_iter()
+            .find(|id| *id != leader)
+            .context("no survivor")?;
+        let mut client =
+            etcd_client::Client::connect([cluster.addr(survivor).to_string()], None).await?;
         client.put("failover/warmup", "x", None).await?;
         let killed = Instant::now();
         cluster.kill(leader).await?;
@@ -159,7 +192,12 @@ async fn bench_failover(rounds: usize, production_timing: bool, json: bool) -> a
         // The first write that succeeds after the kill (the node waits for a leader itself).
         client.put(format!("failover/{round}"), "x", None).await?;
         write.push(killed.elapsed());
-        eprintln!("  round {}: leader {leader} killed; elected in {:?}, write ok after {:?}", round + 1, elect[round], write[round]);
+        eprintln!(
+            "  round {}: leader {leader} killed; elected in {:?}, write ok after {:?}",
+            round + 1,
+            elect[round],
+            write[round]
+        );
         cluster.restart(leader).await?;
         cluster.wait_converged(Duration::from_secs(30)).await?;
     }

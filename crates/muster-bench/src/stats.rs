@@ -10,7 +10,10 @@ pub struct Samples {
 impl Samples {
     pub fn new(mut samples: Vec<Duration>, wall: Duration) -> Self {
         samples.sort();
-        Samples { sorted: samples, wall }
+        Samples {
+            sorted: samples,
+            wall,
+        }
     }
 
     /// The `p`-th percentile (0–100), nearest rank.
@@ -25,7 +28,11 @@ impl Samples {
     pub fn print(&self, what: &str, json: bool) {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let n = self.sorted.len();
-        let rate = if self.wall.is_zero() { 0.0 } else { n as f64 / self.wall.as_secs_f64() };
+        let rate = if self.wall.is_zero() {
+            0.0
+        } else {
+            n as f64 / self.wall.as_secs_f64()
+        };
         if json {
             println!(
                 "{}",
@@ -53,10 +60,16 @@ mod tests {
 
     #[test]
     fn nearest_rank_percentiles() {
-        let s = Samples::new((1..=100).map(Duration::from_millis).collect(), Duration::from_secs(1));
+        let s = Samples::new(
+            (1..=100).map(Duration::from_millis).collect(),
+            Duration::from_secs(1),
+        );
         assert_eq!(s.percentile(50.0), Duration::from_millis(50));
         assert_eq!(s.percentile(99.0), Duration::from_millis(99));
         assert_eq!(s.percentile(100.0), Duration::from_millis(100));
-        assert_eq!(Samples::new(vec![], Duration::ZERO).percentile(50.0), Duration::ZERO);
+        assert_eq!(
+            Samples::new(vec![], Duration::ZERO).percentile(50.0),
+            Duration::ZERO
+        );
     }
 }

@@ -11,6 +11,8 @@
 //! - [`authpb`] — `proto/etcd/authpb/auth.proto`: etcd's `User`, `Permission`, `Role`.
 //! - [`etcdserverpb`] — `proto/etcd/etcdserverpb/rpc.proto`: the etcd v3.5 client API
 //!   (services KV, Watch, Lease, Cluster, Maintenance, Auth), wire-compatible with etcd.
+//! - [`registrypb`] — `proto/muster/v1/registry.proto` (package `muster.v1`): Muster's
+//!   service registry (Register, Deregister, Update, Discover, ListServices, Subscribe).
 //! - [`raftpb`] — `proto/muster/raft/v1/raft.proto` (package `muster.raft.v1`): the
 //!   internal node-to-node `RaftTransport`, whose payloads are bincode-encoded
 //!   openraft/Muster types.
@@ -37,6 +39,12 @@ pub mod authpb {
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+/// `muster.v1`: Muster's own API (the service registry).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod registrypb {
+    tonic::include_proto!("muster.v1");
 }
 
 /// `muster.raft.v1`: Muster's internal Raft transport.

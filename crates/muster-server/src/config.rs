@@ -35,6 +35,83 @@ pub struct NodeConfig {
     /// How long a write waits for a leader to be elected before failing with Unavailable.
     #[serde(with = "humantime_serde")]
     pub leader_wait: Duration,
+    /// Start as a new member of an existing cluster (added with MemberAdd): never initialise a
+    /// cluster, wait to be contacted by the leader.
+    pub join: bool,
+    /// Leases: TTL bounds and the leader's expiry reaper.
+    pub lease: LeaseConfig,
+    /// Watch streams: progress notifications, per-stream and per-watcher bounds.
+    pub watch: WatchConfig,
+}
+
+/// Watch streams. Memory bound: per watcher, a live queue of at most `queue_events` events
+/// and `queue_bytes` bytes (a watcher that would exceed it is fed from history instead); per
+/// stream, at most `stream_buffer` responses of about `max_response_bytes` waiting for gRPC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchConfig {
+    /// How often watchers created with `progress_notify` get a progress reply when they had
+    /// no events since the last one (etcd: 10 minutes).
+    #[serde(with = "humantime_serde")]
+    pub progress_interval: Duration,
+    /// Most watchers on one Watch stream; a create beyond it is answered created + canceled
+    /// with a reason. Bounds one client's share of the node.
+    pub max_watchers_per_stream: usize,
+    /// A watcher's live queue bound, in events.
+    pub queue_events: usize,
+    /// A watcher's live queue bound, in bytes of keys and values (prev_kv included).
+    pub queue_bytes: usize,
+    /// Events read from history per catch-up step (rounded up to a whole revision); bounds
+    /// how long one step holds the state machine's read lock, and the memory it takes.
+    pub catch_up_batch: usize,
+    /// A response is cut (between revisions) once its events reach this size. With the
+    /// `fragment` option, one revision larger than this is split into fragments; without it
+    /// the revision goes whole. etcd uses its max request size (1.5 MiB).
+    pub max_response_bytes: usize,
+    /// Responses buffered per stream between the hub and gRPC: past this, a client that does
+    /// not read holds its stream back (and its watchers move to catch-up).
+    pub stream_buffer: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            progress_interval: Duration::from_secs(600),
+            max_watchers_per_stream: 10_000,
+            queue_events: 1024,
+            queue_bytes: 4 << 20,
+            catch_up_batch: 1000,
+            max_response_bytes: 1536 * 1024,
+            stream_buffer: 16,
+        }
+    }
+}
+
+/// Leases. The minimum TTL is not configured: it follows the election timeout
+/// ([`NodeConfig::min_lease_ttl_secs`]), as in etcd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// Largest TTL a LeaseGrant may ask for, in seconds; more is OutOfRange
+    /// "etcdserver: too large lease TTL" (etcd's limit: 9,000,000,000).
+    pub max_ttl_secs: i64,
+    /// How often the leader looks for leases past their deadline. Expiry is proposed at most
+    /// this long after a deadline (plus one Raft commit), and everything found in one look goes
+    /// into one log entry.
+    #[serde(with = "humantime_serde")]
+    pub reap_interval: Duration,
+    /// Most leases expired by one log entry (all their keys are deleted in one revision).
+    pub expire_batch_max: usize,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            max_ttl_secs: 9_000_000_000,
+            reap_interval: Duration::from_millis(100),
+            expire_batch_max: 10_000,
+        }
+    }
 }
 
 /// Raft timing. Defaults suit a 3-node cluster in containers (openraft's own defaults are too
@@ -56,6 +133,9 @@ pub struct RaftTiming {
     pub install_snapshot_timeout: Duration,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_every_entries: u64,
+    /// Log entries kept behind a snapshot (so a briefly lagging follower catches up from the
+    /// log, not a snapshot); older entries are purged.
+    pub logs_kept_after_snapshot: u64,
 }
 
 impl Default for RaftTiming {
@@ -66,6 +146,7 @@ impl Default for RaftTiming {
             election_max: Duration::from_millis(2000),
             install_snapshot_timeout: Duration::from_secs(30),
             snapshot_every_entries: 10_000,
+            logs_kept_after_snapshot: 1_000,
         }
     }
 }
@@ -96,6 +177,9 @@ impl Default for NodeConfig {
             raft: RaftTiming::default(),
             limits: Limits::default(),
             leader_wait: Duration::from_secs(5),
+            join: false,
+            lease: LeaseConfig::default(),
+            watch: WatchConfig::default(),
         }
     }
 }
@@ -148,7 +232,47 @@ impl NodeConfig {
         {
             return Err(invalid("limits", "every limit must be ≥ 1"));
         }
+        let l = &self.lease;
+        if l.max_ttl_secs < self.min_lease_ttl_secs() {
+            return Err(invalid(
+                "lease.max_ttl_secs",
+                format!(
+                    "must be at least the minimum TTL, {} s (1.5 × raft.election_max)",
+                    self.min_lease_ttl_secs()
+                ),
+            ));
+        }
+        if l.reap_interval.is_zero() || l.reap_interval >= r.election_min {
+            return Err(invalid(
+                "lease.reap_interval",
+                "must be above zero and below raft.election_min",
+            ));
+        }
+        if l.expire_batch_max == 0 {
+            return Err(invalid("lease.expire_batch_max", "must be ≥ 1"));
+        }
+        let w = &self.watch;
+        if w.progress_interval.is_zero() {
+            return Err(invalid("watch.progress_interval", "must be above zero"));
+        }
+        if w.max_watchers_per_stream == 0
+            || w.queue_events == 0
+            || w.queue_bytes == 0
+            || w.catch_up_batch == 0
+            || w.max_response_bytes == 0
+            || w.stream_buffer == 0
+        {
+            return Err(invalid("watch", "every bound must be ≥ 1"));
+        }
         Ok(())
+    }
+
+    /// The shortest lease TTL, in seconds: ⌈1.5 × the longest election timeout⌉, as etcd
+    /// derives it, so a lease outlives the election that follows a leader's death. Shorter
+    /// requests are raised to it.
+    pub fn min_lease_ttl_secs(&self) -> i64 {
+        let ms = self.raft.election_max.as_millis().saturating_mul(3) / 2;
+        i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX).max(1)
     }
 
     /// Parses `1=127.0.0.1:2379,2=127.0.0.1:22379` into id → address.
@@ -211,6 +335,41 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().is_err());
+        let c = NodeConfig {
+            lease: LeaseConfig {
+                expire_batch_max: 0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn min_lease_ttl_follows_the_election_timeout() {
+        // Defaults: election_max 2 s → 3 s; tests' 1 s → 1.5 s, rounded up to 2 s.
+        assert_eq!(NodeConfig::default().min_lease_ttl_secs(), 3);
+        let c = NodeConfig {
+            raft: RaftTiming::fast_for_tests(),
+            ..Default::default()
+        };
+        assert_eq!(c.min_lease_ttl_secs(), 2);
+    }
+
+    #[test]
+    fn validates_watch_bounds() {
+        let mut c = NodeConfig::default();
+        c.watch.queue_events = 0;
+        assert!(c.validate().is_err());
+        let mut c = NodeConfig::default();
+        c.watch.progress_interval = Duration::ZERO;
+        assert!(c.validate().is_err());
+        let c: NodeConfig =
+            toml::from_str("[watch]\nprogress_interval = \"2s\"\nmax_watchers_per_stream = 5\n")
+                .expect("toml");
+        assert_eq!(c.watch.progress_interval, Duration::from_secs(2));
+        assert_eq!(c.watch.max_watchers_per_stream, 5);
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

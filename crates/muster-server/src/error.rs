@@ -26,6 +26,8 @@ pub enum RaftPathError {
     Fatal { reason: String },
     #[error("raft: {reason}")]
     Internal { reason: String },
+    #[error("etcdserver: {reason}")]
+    Rejected { reason: String },
 }
 
 /// Every error a request handler can return.
@@ -43,6 +45,13 @@ pub enum ServerError {
     Unsupported { what: &'static str },
     #[error("internal: apply returned an unexpected response to a {expected} request")]
     UnexpectedResponse { expected: &'static str },
+    /// etcd's exact text: clients match on it.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge { ttl_secs: i64, max_secs: i64 },
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
+    #[error("conflict: {what}")]
+    Conflict { what: &'static str },
 }
 
 /// Metadata key carrying the leader's address on a NotLeader status.
@@ -54,10 +63,14 @@ impl From<ServerError> for tonic::Status {
         let msg = e.to_string();
         let code = match &e {
             ServerError::Validation(_) => Code::InvalidArgument,
+            ServerError::NotFound { .. } => Code::NotFound,
+            ServerError::Conflict { .. } => Code::Aborted,
             ServerError::Apply(a) => match a {
                 ApplyError::LeaseNotFound { .. } => Code::NotFound,
                 ApplyError::LeaseExists { .. } => Code::FailedPrecondition,
-                ApplyError::KeyNotFound => Code::InvalidArgument,
+                ApplyError::KeyNotFound | ApplyError::RequestIdReused { .. } => {
+                    Code::InvalidArgument
+                }
                 ApplyError::Compacted { .. } | ApplyError::FutureRevision { .. } => {
                     Code::OutOfRange
                 }
@@ -68,10 +81,12 @@ impl From<ServerError> for tonic::Status {
                 | RaftPathError::CommitUnknown
                 | RaftPathError::LeaderUnreachable { .. }
                 | RaftPathError::Timeout => Code::Unavailable,
+                RaftPathError::Rejected { .. } => Code::FailedPrecondition,
                 RaftPathError::Fatal { .. } | RaftPathError::Internal { .. } => Code::Internal,
             },
             ServerError::Storage(_) | ServerError::UnexpectedResponse { .. } => Code::Internal,
             ServerError::Unsupported { .. } => Code::Unimplemented,
+            ServerError::LeaseTtlTooLarge { .. } => Code::OutOfRange,
         };
         let mut status = tonic::Status::new(code, msg);
         if let ServerError::Raft(RaftPathError::NotLeader {

@@ -3,20 +3,28 @@
 //!
 //! Layout (one step of the data path per file):
 //! - [`config`]: [`config::NodeConfig`], defaults and validation.
+//! - [`conn`]: accepted connections that are cut when the node stops.
 //! - [`server`]: binds ports, starts the node, serves every service.
 //! - [`node`]: opens storage and Raft, bootstraps the cluster; the handles services use.
+//! - [`read`]: the read path (read-index barrier, then the local state machine).
 //! - [`write`]: the write path (leader or one-hop forward) and the linearizable-read barrier.
+//! - [`lease_keeper`]: leader-only lease deadlines, the expiry reaper, lease operations.
+//! - [`membership`]: member add/promote/remove on the leader (forwarded from followers).
 //! - [`network`]: the Raft network, client side (peer channels, bincode payloads).
 //! - [`grpc`]: one file per gRPC service; validation and conversion only.
 //! - [`error`]: the server's errors and their single mapping to gRPC status.
 //! - [`http`]: /health, /ready, /metrics.
 
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod lease_keeper;
+pub mod membership;
 pub mod network;
 pub mod node;
+pub mod read;
 pub mod server;
 pub mod write;
 

@@ -39,6 +39,9 @@ struct Args {
     /// Initial members: `1=host:port,2=host:port,3=host:port` (first start only).
     #[arg(long, env = "MUSTER_INITIAL_CLUSTER")]
     initial_cluster: Option<String>,
+    /// Join an existing cluster as a member added with MemberAdd (never initialise one).
+    #[arg(long, env = "MUSTER_JOIN")]
+    join: bool,
     /// Cluster name.
     #[arg(long, env = "MUSTER_CLUSTER_NAME")]
     cluster_name: Option<String>,
@@ -73,6 +76,9 @@ fn build_config(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(v) = &args.initial_cluster {
         c.initial_cluster = NodeConfig::parse_initial_cluster(v)?;
+    }
+    if args.join {
+        c.join = true;
     }
     if let Some(v) = &args.cluster_name {
         c.cluster_name = v.clone();

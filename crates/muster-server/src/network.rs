@@ -2,7 +2,7 @@
 //! openraft RPCs sent as bincode payloads over `muster.raft.v1.RaftTransport`.
 //! The server side is `grpc/raft_service.rs`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +27,8 @@ pub enum PeerError {
     BadAddress { addr: String, reason: String },
     #[error("rpc to {addr} failed: {status}")]
     Rpc { addr: String, status: tonic::Status },
+    #[error("{addr} is unreachable (injected fault)")]
+    Blocked { addr: String },
     #[error("payload codec: {0}")]
     Codec(#[from] bincode::Error),
 }
@@ -35,9 +37,36 @@ pub enum PeerError {
 #[derive(Default)]
 pub struct PeerChannels {
     channels: Mutex<HashMap<String, Channel>>,
+    /// Fault injection for tests: peer addresses this node cannot reach (a partition is a
+    /// pair of such blocks). The one place faults are injected, so every node-to-node path
+    /// (replication, votes, snapshots, forwarding, read index) sees them.
+    blocked: Mutex<HashSet<String>>,
 }
 
 impl PeerChannels {
+    /// Makes `addr` unreachable from this node (fault injection).
+    pub fn block(&self, addr: &str) {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr.to_string());
+    }
+
+    /// Removes every injected fault.
+    pub fn heal(&self) {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    fn is_blocked(&self, addr: &str) -> bool {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(addr)
+    }
+
     /// The channel to `addr`, created (lazily connecting) on first use.
     pub fn get(&self, addr: &str) -> Result<Channel, PeerError> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
@@ -89,6 +118,11 @@ where
     F: FnOnce(RaftTransportClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
 {
+    if peers.is_blocked(addr) {
+        return Err(PeerError::Blocked {
+            addr: addr.to_string(),
+        });
+    }
     let client = peers.client(addr)?;
     let mut request = tonic::Request::new(encode(req)?);
     request.set_timeout(timeout);
@@ -129,6 +163,7 @@ fn to_rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<TypeConfig, E> {
         PeerError::Rpc { status, .. } if status.code() == tonic::Code::Unavailable => {
             RPCError::Unreachable(Unreachable::new(&e))
         }
+        PeerError::Blocked { .. } => RPCError::Unreachable(Unreachable::new(&e)),
         _ => RPCError::Network(NetworkError::new(&e)),
     }
 }

@@ -45,6 +45,11 @@ pub struct Node {
     pub cluster_id: u64,
     /// The node's sled database (for size reporting and flushes).
     pub db: sled::Db,
+    /// Set when the leader tells this node it was removed from the cluster.
+    pub(crate) removed_flag: std::sync::atomic::AtomicBool,
+    pub(crate) removed: tokio::sync::Notify,
+    /// Set once this node has seen itself in a membership.
+    pub(crate) was_member: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -71,7 +76,7 @@ impl Node {
             election_timeout_max: config.raft.election_max.as_millis() as u64,
             install_snapshot_timeout: config.raft.install_snapshot_timeout.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every_entries),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: config.raft.logs_kept_after_snapshot,
             enable_pre_vote: Some(true),
             ..Default::default()
         }
@@ -102,6 +107,9 @@ impl Node {
             peers,
             config,
             db,
+            removed_flag: std::sync::atomic::AtomicBool::new(false),
+            removed: tokio::sync::Notify::new(),
+            was_member: std::sync::atomic::AtomicBool::new(false),
         });
         node.bootstrap().await?;
         Ok(node)
@@ -121,6 +129,13 @@ impl Node {
             tracing::info!(
                 node_id = self.id,
                 "recovered from data dir; bootstrap config ignored"
+            );
+            return Ok(());
+        }
+        if self.config.join {
+            tracing::info!(
+                node_id = self.id,
+                "joining: waiting to be added by the cluster's leader"
             );
             return Ok(());
         }
@@ -180,6 +195,26 @@ impl Node {
             .metrics()
             .borrow_watched()
             .last_applied
+            .as_ref()
+            .map(|l| l.index)
+    }
+
+    /// Index of the last log entry covered by this node's latest snapshot.
+    pub fn snapshot_index(&self) -> Option<u64> {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .snapshot
+            .as_ref()
+            .map(|l| l.index)
+    }
+
+    /// Index up to which this node's log has been purged.
+    pub fn purged_index(&self) -> Option<u64> {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .purged
             .as_ref()
             .map(|l| l.index)
     }

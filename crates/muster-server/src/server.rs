@@ -6,19 +6,29 @@ use std::sync::Arc;
 
 use muster_proto::etcdserverpb::cluster_server::ClusterServer;
 use muster_proto::etcdserverpb::kv_server::KvServer;
+use muster_proto::etcdserverpb::lease_server::LeaseServer;
 use muster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use muster_proto::etcdserverpb::watch_server::WatchServer;
 use muster_proto::raftpb::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
 use crate::grpc::cluster_service::ClusterService;
 use crate::grpc::kv_service::KvService;
+use crate::grpc::lease_service::LeaseService;
 use crate::grpc::maintenance_service::MaintenanceService;
 use crate::grpc::raft_service::RaftService;
+use crate::grpc::registry_service::RegistryService;
+use crate::grpc::watch_service::WatchService;
 use crate::http;
+use crate::lease_keeper::LeaseKeeper;
 use crate::node::{Node, StartError};
+use muster_proto::registrypb::registry_server::RegistryServer;
+
+/// How long a stopping server may take to wind down its connections before it is aborted.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A node serving on its ports. Dropping it does not stop it; call [`RunningServer::stop`].
 pub struct RunningServer {
@@ -27,7 +37,10 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The bound HTTP address, when enabled.
     pub http_addr: Option<SocketAddr>,
-    shutdown: Option<oneshot::Sender<()>>,
+    /// The node's lease keeper (leader-side lease time); for services that grant leases.
+    pub leases: Arc<LeaseKeeper>,
+    /// Cancelled to stop: ends the accept loop and cuts every open connection.
+    stop: CancellationToken,
     grpc_task: JoinHandle<()>,
     http_task: Option<JoinHandle<()>>,
 }
@@ -55,8 +68,8 @@ pub async fn start_with_listener(
     let max_msg = config.limits.max_request_bytes * 2 + (1 << 20);
     let node = Node::open(config, advertise).await?;
     tracing::info!(node_id = node.id, %addr, advertise = %node.advertise, "serving gRPC");
+    let leases = LeaseKeeper::start(node.clone());
 
-    let (tx, rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
@@ -68,19 +81,42 @@ pub async fn start_with_listener(
             node: node.clone(),
         }))
         .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
+        .add_service(RegistryServer::new(RegistryService {
+            node: node.clone(),
+            leases: leases.clone(),
+        }))
+        .add_service(LeaseServer::new(LeaseService {
+            node: node.clone(),
+            keeper: leases.clone(),
+        }))
         .add_service(
-            RaftTransportServer::new(RaftService { node: node.clone() })
-                .max_decoding_message_size(usize::MAX)
+            WatchServer::new(WatchService { node: node.clone() })
+                .max_decoding_message_size(max_msg)
                 .max_encoding_message_size(usize::MAX),
-        );
-    let grpc_task = tokio::spawn(async move {
-        // tonic's own `tcp_nodelay` applies only to listeners it binds itself; without
-        // TCP_NODELAY small replies wait for delayed ACKs (~40 ms).
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = rx.await;
+        )
+        .add_service(
+            RaftTransportServer::new(RaftService {
+                node: node.clone(),
+                leases: leases.clone(),
             })
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX),
+        );
+    let stop = CancellationToken::new();
+    // A removed member stops serving, as an etcd member does.
+    let removed_watch = node.clone();
+    let stop_on_removal = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = removed_watch.wait_removed() => stop_on_removal.cancel(),
+            _ = stop_on_removal.cancelled() => {}
+        }
+    });
+    let grpc_stop = stop.clone();
+    let grpc_task = tokio::spawn(async move {
+        let incoming = crate::conn::incoming(listener, grpc_stop.clone());
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled())
             .await
         {
             tracing::error!("gRPC server failed: {e}");
@@ -98,7 +134,8 @@ pub async fn start_with_listener(
         node,
         addr,
         http_addr,
-        shutdown: Some(tx),
+        leases,
+        stop,
         grpc_task,
         http_task,
     })
@@ -108,16 +145,21 @@ impl RunningServer {
     /// Stops serving and shuts Raft down. Storage is released once the node's last handle
     /// (this struct's included) is dropped.
     pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+        // Cutting every connection (like a crash) ends open streams, which would otherwise
+        // keep a graceful shutdown waiting and the node's storage open.
+        self.stop.cancel();
+        if tokio::time::timeout(STOP_GRACE, &mut self.grpc_task)
+            .await
+            .is_err()
+        {
+            self.grpc_task.abort();
+            let _ = (&mut self.grpc_task).await;
         }
-        // Open streams would keep a graceful shutdown waiting: cut them, like a crash would.
-        self.grpc_task.abort();
-        let _ = (&mut self.grpc_task).await;
         if let Some(t) = self.http_task.take() {
             t.abort();
             let _ = t.await;
         }
+        self.leases.stop();
         self.node.shutdown().await;
     }
 

@@ -109,7 +109,7 @@ impl Node {
     }
 
     /// Waits until some node is known as leader, or fails with NoLeader at `deadline`.
-    async fn wait_for_leader(&self, deadline: Instant) -> Result<(), RaftPathError> {
+    pub(crate) async fn wait_for_leader(&self, deadline: Instant) -> Result<(), RaftPathError> {
         let mut metrics = self.raft.metrics();
         loop {
             if metrics.borrow_watched().current_leader.is_some() {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use muster_server::config::RaftTiming;
+use muster_server::lease_keeper::LeaseKeeper;
 use muster_server::node::{Node, StartError};
 use muster_server::{NodeConfig, RunningServer};
 use tempfile::TempDir;
@@ -136,6 +137,15 @@ impl TestCluster {
             .ok_or_else(|| anyhow!("node {id} is not running"))
     }
 
+    /// The lease keeper of the running node `id` (expiry statistics, tracked leases).
+    pub fn lease_keeper(&self, id: u64) -> anyhow::Result<&Arc<LeaseKeeper>> {
+        self.nodes
+            .get(&id)
+            .and_then(|n| n.server.as_ref())
+            .map(|s| &s.leases)
+            .ok_or_else(|| anyhow!("node {id} is not running"))
+    }
+
     /// The id the running nodes agree is leader, if they all agree and it is running.
     pub fn agreed_leader(&self) -> Option<u64> {
         let mut leader = None;
@@ -232,6 +242,101 @@ impl TestCluster {
         .await??;
         n.server = Some(server);
         Ok(())
+    }
+
+    /// Binds a listener for a node that will join with MemberAdd; returns its address (the
+    /// peer URL to add) and the listener to hand to [`TestCluster::start_joiner`].
+    pub async fn bind_joiner(&self) -> anyhow::Result<(SocketAddr, TcpListener)> {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        Ok((l.local_addr()?, l))
+    }
+
+    /// Starts a node that joins the cluster under `id` (assigned by MemberAdd) on `listener`.
+    pub async fn start_joiner(&mut self, id: u64, listener: TcpListener) -> anyhow::Result<()> {
+        let template = self
+            .nodes
+            .values()
+            .next()
+            .map(|n| n.config.clone())
+            .ok_or_else(|| anyhow!("empty cluster"))?;
+        let addr = listener.local_addr()?;
+        let data_dir = self._dir.path().join(format!("node{id}"));
+        let config = NodeConfig {
+            node_id: id,
+            data_dir,
+            listen: addr,
+            initial_cluster: BTreeMap::new(),
+            join: true,
+            ..template
+        };
+        let server = muster_server::start_with_listener(config.clone(), listener).await?;
+        self.nodes.insert(
+            id,
+            TestNode {
+                config,
+                addr,
+                server: Some(server),
+            },
+        );
+        Ok(())
+    }
+
+    /// Kills node `id` and deletes its data dir; the node is forgotten (a wiped node may only
+    /// come back as a new member under a new id).
+    pub async fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.nodes.get(&id).is_some_and(|n| n.server.is_some()) {
+            self.kill(id).await?;
+        }
+        let n = self
+            .nodes
+            .remove(&id)
+            .ok_or_else(|| anyhow!("no node {id}"))?;
+        let dir = n.config.data_dir.clone();
+        // The killed node's storage handles may still be closing; retry until it is gone.
+        wait_until(Duration::from_secs(10), "the data dir to be deleted", || {
+            let dir = dir.clone();
+            async move { (std::fs::remove_dir_all(&dir).is_ok() || !dir.exists()).then_some(()) }
+        })
+        .await
+    }
+
+    /// Forgets a node that stopped by itself (e.g. removed from the cluster).
+    pub async fn forget(&mut self, id: u64) -> anyhow::Result<()> {
+        let n = self
+            .nodes
+            .remove(&id)
+            .ok_or_else(|| anyhow!("no node {id}"))?;
+        if let Some(s) = n.server {
+            s.stop().await;
+        }
+        Ok(())
+    }
+
+    /// Cuts node `id` off from every other node (both directions, peer traffic only; clients
+    /// can still reach it, as with a partition between server racks).
+    pub fn isolate(&self, id: u64) -> anyhow::Result<()> {
+        let addr = self.addr(id).to_string();
+        for (other, n) in &self.nodes {
+            if *other == id {
+                continue;
+            }
+            if let Some(s) = &n.server {
+                s.node.peers.block(&addr);
+            }
+            if let Some(s) = self.nodes.get(&id).and_then(|n| n.server.as_ref()) {
+                s.node.peers.block(&n.addr.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every injected network fault.
+    pub fn heal(&self) {
+        for n in self.nodes.values() {
+            if let Some(s) = &n.server {
+                s.node.peers.heal();
+            }
+        }
     }
 
     /// Stops every node.

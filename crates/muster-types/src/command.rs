@@ -32,7 +32,26 @@ pub enum Command {
     LeaseRevoke {
         id: i64,
     },
+    /// Expiry, proposed only by the leader's lease keeper: delete each listed lease and every key
+    /// attached to any of them, all in ONE revision (etcd spends a revision per lease; batching
+    /// is what lets thousands of leases expire within a second). Ids that no longer exist are
+    /// skipped, so a re-proposal after "commit status unknown" is harmless.
+    LeaseExpire {
+        ids: Vec<i64>,
+    },
+    /// Apply `cmd` at most once per `request_id`: the applier remembers the response (durably,
+    /// in snapshots too) and answers a repeat of the same request id with it instead of applying
+    /// again, so a client may retry a non-idempotent write after "commit status unknown". A
+    /// repeat whose `cmd` differs fails with `RequestIdReused`. Remembered for
+    /// `REQUEST_ID_RETENTION_MS` of leader time.
+    Idempotent {
+        request_id: String,
+        cmd: Box<Command>,
+    },
 }
+
+/// How long (in leader time, [`LogEntry::time_ms`]) the applier remembers a request id.
+pub const REQUEST_ID_RETENTION_MS: u64 = 5 * 60 * 1000;
 
 impl Command {
     /// A short name for logs and metrics.
@@ -44,6 +63,8 @@ impl Command {
             Command::Compact { .. } => "compact",
             Command::LeaseGrant { .. } => "lease_grant",
             Command::LeaseRevoke { .. } => "lease_revoke",
+            Command::LeaseExpire { .. } => "lease_expire",
+            Command::Idempotent { cmd, .. } => cmd.name(),
         }
     }
 }

@@ -16,6 +16,9 @@ pub enum ApplyError {
     Compacted { compact_revision: i64 },
     #[error("etcdserver: mvcc: required revision is a future revision")]
     FutureRevision { current_revision: i64 },
+    /// An `Idempotent` command whose request id was already used by a different request.
+    #[error("etcdserver: request id {request_id:?} was already used by a different request")]
+    RequestIdReused { request_id: String },
 }
 
 /// A request rejected before it reaches the log.

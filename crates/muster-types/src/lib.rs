@@ -7,6 +7,8 @@
 //! - [`error`]: [`ApplyError`] (domain outcomes of apply) and [`ValidationError`] (bad requests).
 //! - [`limits`]: request limits, explicit and documented.
 //! - [`pb`]: conversions between the etcd wire messages and these types.
+//! - [`registry`]: service instances, their keys in the keyspace, validation.
+//! - [`pb_registry`]: conversions between the registry wire messages and [`registry`].
 
 pub mod command;
 pub mod error;
@@ -20,3 +22,5 @@ pub use kv::*;
 pub use limits::*;
 pub use response::*;
 pub mod pb;
+pub mod pb_registry;
+pub mod registry;

@@ -121,11 +121,37 @@ impl Limits {
             Command::Put(p) => self.check_put(p),
             Command::DeleteRange(d) => self.check_delete(d),
             Command::Txn(t) => self.check_txn(t).map(|_| ()),
-            Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => {
-                Ok(())
+            Command::Compact { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseExpire { .. } => Ok(()),
+            Command::Idempotent { request_id, cmd } => {
+                check_request_id(request_id)?;
+                if matches!(**cmd, Command::Idempotent { .. }) {
+                    return Err(ValidationError::InvalidArgument {
+                        field: "request_id",
+                        reason: "a request carries one request id".into(),
+                    });
+                }
+                self.check_command(cmd)
             }
         }
     }
+}
+
+/// Longest request id (the `x-muster-request-id` metadata), in bytes. Every id is stored for
+/// [`crate::REQUEST_ID_RETENTION_MS`], so they must stay small; a UUID is 36.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// A request id is 1..=[`MAX_REQUEST_ID_BYTES`] bytes.
+pub fn check_request_id(request_id: &str) -> Result<(), ValidationError> {
+    if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(ValidationError::InvalidArgument {
+            field: "request_id",
+            reason: format!("must be 1 to {MAX_REQUEST_ID_BYTES} bytes"),
+        });
+    }
+    Ok(())
 }
 
 /// etcd rejects a Txn branch that writes one key twice, or puts a key that a delete in the same
@@ -250,5 +276,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(l.check_command(&Command::Txn(t)), Ok(()));
+    }
+
+    #[test]
+    fn checks_request_ids_and_the_wrapped_command() {
+        let l = Limits::default();
+        let once = |request_id: &str, cmd: Command| Command::Idempotent {
+            request_id: request_id.into(),
+            cmd: Box::new(cmd),
+        };
+        let grant = Command::LeaseGrant { id: 1, ttl_secs: 5 };
+        assert_eq!(l.check_command(&once("r-1", grant.clone())), Ok(()));
+        assert!(l.check_command(&once("", grant.clone())).is_err());
+        let long = "x".repeat(MAX_REQUEST_ID_BYTES + 1);
+        assert!(l.check_command(&once(&long, grant.clone())).is_err());
+        assert!(l
+            .check_command(&once("a", once("b", grant.clone())))
+            .is_err());
+        // The wrapped command is checked too.
+        assert_eq!(
+            l.check_command(&once("r", Command::Put(PutRequest::default()))),
+            Err(ValidationError::EmptyKey)
+        );
     }
 }

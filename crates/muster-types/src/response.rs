@@ -51,6 +51,10 @@ pub enum ResponseBody {
         ttl_secs: i64,
     },
     LeaseRevoke,
+    /// The leases a LeaseExpire actually removed (ids already gone are left out).
+    LeaseExpire {
+        expired: Vec<i64>,
+    },
     /// A membership or blank entry: nothing for a client.
     Empty,
 }

@@ -1,14 +1,16 @@
-//! etcd `Cluster` service: MemberList from the Raft membership. Membership changes arrive with
-//! the membership work (learner add, promote, remove); until then they are Unimplemented.
+//! etcd `Cluster` service: MemberList from the Raft membership; MemberAdd (as learner or
+//! voter), MemberPromote and MemberRemove through `crate::membership`.
 
-use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
 
 use muster_proto::etcdserverpb as pb;
 use muster_proto::etcdserverpb::cluster_server::Cluster;
+use muster_types::ValidationError;
+use openraft::async_runtime::watch::WatchReceiver;
 use tonic::{Request, Response, Status};
 
 use crate::error::ServerError;
+use crate::membership::MembershipChange;
 use crate::node::Node;
 
 pub struct ClusterService {
@@ -40,26 +42,81 @@ fn unsupported(what: &'static str) -> Status {
     ServerError::Unsupported { what }.into()
 }
 
+fn invalid(field: &'static str, reason: impl Into<String>) -> Status {
+    ServerError::Validation(ValidationError::InvalidArgument {
+        field,
+        reason: reason.into(),
+    })
+    .into()
+}
+
+impl ClusterService {
+    fn header(&self) -> pb::ResponseHeader {
+        self.node
+            .header(self.node.sm.read().mvcc.current_revision())
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _: Request<pb::MemberAddRequest>,
+        req: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(unsupported("member add"))
+        let req = req.into_inner();
+        let url = match req.peer_ur_ls.as_slice() {
+            [one] => one,
+            _ => {
+                return Err(invalid(
+                    "peerURLs",
+                    "exactly one peer URL (the node's gRPC address)",
+                ))
+            }
+        };
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        if !addr.contains(':') {
+            return Err(invalid("peerURLs", format!("{url} is not host:port")));
+        }
+        let changed = self
+            .node
+            .change_membership(MembershipChange::Add {
+                addr,
+                learner: req.is_learner,
+            })
+            .await
+            .map_err(ServerError::from)?;
+        let members = self.node.members();
+        let member = members.iter().find(|m| m.id == changed.id).cloned();
+        Ok(Response::new(pb::MemberAddResponse {
+            header: Some(self.header()),
+            member,
+            members,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<pb::MemberRemoveRequest>,
+        req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(unsupported("member remove"))
+        let id = req.into_inner().id;
+        self.node
+            .change_membership(MembershipChange::Remove { id })
+            .await
+            .map_err(ServerError::from)?;
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: Some(self.header()),
+            members: self.node.members(),
+        }))
     }
 
     async fn member_update(
         &self,
         _: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        // A member's address is part of its identity in Muster: remove it and add it anew.
         Err(unsupported("member update"))
     }
 
@@ -67,17 +124,24 @@ impl Cluster for ClusterService {
         &self,
         _: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
-        let revision = self.node.sm.read().mvcc.current_revision();
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(self.node.header(revision)),
+            header: Some(self.header()),
             members: self.node.members(),
         }))
     }
 
     async fn member_promote(
         &self,
-        _: Request<pb::MemberPromoteRequest>,
+        req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(unsupported("member promote"))
+        let id = req.into_inner().id;
+        self.node
+            .change_membership(MembershipChange::Promote { id })
+            .await
+            .map_err(ServerError::from)?;
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: Some(self.header()),
+            members: self.node.members(),
+        }))
     }
 }

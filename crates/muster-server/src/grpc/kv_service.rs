@@ -25,15 +25,7 @@ impl KvService {
     }
 
     async fn do_range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, ServerError> {
-        let req = RangeRequest::try_from(req)?;
-        self.node.config.limits.check_read(&req.range)?;
-        if !req.serializable {
-            self.node.linearizable_barrier().await?;
-        }
-        let (resp, revision) = {
-            let sm = self.node.sm.read();
-            (sm.mvcc.range(&req)??, sm.mvcc.current_revision())
-        };
+        let (resp, revision) = self.node.range(&RangeRequest::try_from(req)?).await?;
         Ok(resp.into_pb(&self.node.header(revision)))
     }
 }

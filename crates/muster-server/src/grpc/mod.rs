@@ -3,8 +3,12 @@
 
 pub mod cluster_service;
 pub mod kv_service;
+pub mod lease_service;
 pub mod maintenance_service;
 pub mod raft_service;
+pub mod registry_service;
+pub mod registry_subscribe;
+pub mod watch_service;
 
 use muster_proto::etcdserverpb::ResponseHeader;
 use muster_types::{CommandResponse, ResponseBody};

@@ -1,5 +1,6 @@
 //! `muster.raft.v1.RaftTransport`, server side: openraft RPCs from peers, plus writes and
-//! read-index requests forwarded by followers. Payloads are bincode; see `network.rs`.
+//! read-index requests forwarded by followers, and lease keep-alive / time-to-live requests
+//! forwarded to the leader's lease keeper. Payloads are bincode; see `network.rs`.
 
 use std::sync::Arc;
 
@@ -10,11 +11,15 @@ use muster_types::Command;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 
+use crate::lease_keeper::LeaseKeeper;
+use crate::membership::MembershipChange;
 use crate::network::{decode, encode, RemoteRaftError};
 use crate::node::Node;
 
 pub struct RaftService {
     pub node: Arc<Node>,
+    /// Answers forwarded lease requests, and learns of leases granted through `forward`.
+    pub leases: Arc<LeaseKeeper>,
 }
 
 fn bad_payload(e: bincode::Error) -> Status {
@@ -77,7 +82,11 @@ impl RaftTransport for RaftService {
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let cmd: Command = decode(req.get_ref()).map_err(bad_payload)?;
         // Only the local Raft: a forwarded request never takes a second hop.
-        reply(&self.node.write_local(cmd).await)
+        let r = self.node.write_local(cmd.clone()).await;
+        if let Ok(resp) = &r {
+            self.leases.observe(&cmd, resp);
+        }
+        reply(&r)
     }
 
     async fn read_index(
@@ -85,5 +94,41 @@ impl RaftTransport for RaftService {
         _req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         reply(&self.node.read_index_local().await)
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let ids: Vec<i64> = decode(req.get_ref()).map_err(bad_payload)?;
+        reply(&self.leases.keep_alive_on_leader(&ids).await)
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let (id, keys): (i64, bool) = decode(req.get_ref()).map_err(bad_payload)?;
+        reply(&self.leases.time_to_live_on_leader(id, keys).await)
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let change: MembershipChange = decode(req.get_ref()).map_err(bad_payload)?;
+        // Only the local Raft: a forwarded change never takes a second hop.
+        reply(&self.node.change_membership_local(change).await)
+    }
+
+    async fn notify_removed(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let id: u64 = decode(req.get_ref()).map_err(bad_payload)?;
+        if id == self.node.id {
+            self.node.mark_removed();
+        }
+        reply(&())
     }
 }

@@ -1,6 +1,7 @@
 //! Applying commands: the only code that changes the keyspace. Dispatches each command, and owns
 //! the two primitive writes (put one key, delete one key) that every command reduces to, plus
-//! compaction. Txns are in [`super::txn`], lease commands in [`super::lease`].
+//! compaction. Txns are in [`super::txn`], lease commands in [`super::lease`], request-id
+//! de-duplication in [`super::dedup`].
 //!
 //! Everything apply reads comes from memory: the writes of earlier commands of the same group are
 //! still in the caller's unapplied batch.
@@ -65,9 +66,13 @@ impl Mvcc {
         batch: &mut sled::Batch,
         events: &mut Vec<Event>,
     ) -> Result<CommandResponse, StoreError> {
-        // No command depends on time yet: lease deadlines live in the leader's memory.
-        let _ = time_ms;
         self.history.settle()?;
+        // Lease deadlines live in the leader's memory; the only use of time here is forgetting
+        // request ids, by the entry's leader time, so every node forgets at the same entry.
+        self.dedup.prune(time_ms, batch);
+        if let Command::Idempotent { request_id, cmd } = cmd {
+            return self.apply_idempotent(time_ms, request_id, cmd, batch, events);
+        }
         let mut w = WriteCtx::new(self.current_revision + 1, batch, events);
         let result = match cmd {
             Command::Put(p) => self.apply_put(&mut w, p)?.map(ResponseBody::Put),
@@ -80,6 +85,8 @@ impl Mvcc {
                 self.apply_lease_grant(&mut w, *id, *ttl_secs)?
             }
             Command::LeaseRevoke { id } => self.apply_lease_revoke(&mut w, *id)?,
+            Command::LeaseExpire { ids } => self.apply_lease_expire(&mut w, ids)?,
+            Command::Idempotent { .. } => unreachable!("unwrapped before dispatch"),
         };
         if w.changed() {
             self.current_revision = w.main;

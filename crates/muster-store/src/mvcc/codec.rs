@@ -8,13 +8,14 @@
 //! | `b'l'` + lease id (`i64 as u64`, BE)  | bincode [`LeaseRecord`]                 |
 //! | `b'm'` + `current_revision`           | bincode `i64`                           |
 //! | `b'm'` + `compact_revision`           | bincode `i64`                           |
+//! | `b'r'` + request id (UTF-8)           | bincode [`DedupRecord`] (an applied `Idempotent` command's response) |
 //! | `b's'` + …                            | reserved for the caller (the Raft state machine's own meta); never read or written here |
 //!
 //! bincode 1.3 decodes positionally: a value read as the wrong type decodes to garbage instead of
 //! failing. So each stored kind has exactly one typed encode/decode pair below, and nothing else
 //! touches the raw bytes.
 
-use muster_types::{KeyValue, Revision};
+use muster_types::{CommandResponse, KeyValue, Revision};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -23,6 +24,8 @@ use crate::error::StoreError;
 pub(crate) const HISTORY: u8 = b'h';
 /// Prefix of lease records.
 pub(crate) const LEASE: u8 = b'l';
+/// Prefix of request-id (de-duplication) records.
+pub(crate) const DEDUP: u8 = b'r';
 /// Key of the store's current revision.
 pub(crate) const META_CURRENT_REVISION: &[u8] = b"mcurrent_revision";
 /// Key of the compacted revision.
@@ -42,6 +45,40 @@ pub(crate) struct HistoryRecord {
 pub(crate) struct LeaseRecord {
     pub id: i64,
     pub ttl_secs: i64,
+}
+
+/// What the applier remembers of an applied `Idempotent` command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DedupRecord {
+    pub request_id: String,
+    /// Leader time of the entry that applied it; the record is dropped once entries are
+    /// `REQUEST_ID_RETENTION_MS` newer.
+    pub time_ms: u64,
+    /// FNV-1a of the wrapped command's bincode: a repeat must be the same request.
+    pub digest: u64,
+    /// The response the first apply returned, replayed to every repeat.
+    pub response: CommandResponse,
+}
+
+pub(crate) fn dedup_key(request_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + request_id.len());
+    key.push(DEDUP);
+    key.extend_from_slice(request_id.as_bytes());
+    key
+}
+
+pub(crate) fn encode_dedup(rec: &DedupRecord) -> Result<Vec<u8>, StoreError> {
+    bincode::serialize(rec).map_err(|source| StoreError::Codec {
+        what: "request id record",
+        source,
+    })
+}
+
+pub(crate) fn decode_dedup(bytes: &[u8]) -> Result<DedupRecord, StoreError> {
+    bincode::deserialize(bytes).map_err(|source| StoreError::Codec {
+        what: "request id record",
+        source,
+    })
 }
 
 pub(crate) fn history_key(rev: Revision) -> [u8; 13] {

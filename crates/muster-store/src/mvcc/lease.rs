@@ -1,7 +1,8 @@
 //! Leases: which exist (id, TTL; persisted as lease records) and which keys are attached to each
 //! (in memory only: derived from the keys' `lease` fields, rebuilt on open). Also applies
-//! LeaseGrant and LeaseRevoke. Deadlines are not here: keep-alives are leader-side memory, and
-//! expiry reaches the store as a replicated LeaseRevoke.
+//! LeaseGrant, LeaseRevoke and LeaseExpire. Deadlines are not here: keep-alives are leader-side
+//! memory (`muster-server`'s lease keeper), and expiry reaches the store as a replicated,
+//! batched LeaseExpire, decided by the leader; nothing here reads a clock.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -44,6 +45,9 @@ impl Lease {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Leases {
     map: BTreeMap<i64, Lease>,
+    /// +1 whenever a lease is granted or removed. Local bookkeeping, not replicated state: the
+    /// leader's keeper compares it to skip re-reading an unchanged lease set.
+    generation: u64,
 }
 
 impl Leases {
@@ -52,6 +56,7 @@ impl Leases {
     }
 
     pub fn grant(&mut self, id: i64, ttl_secs: i64) {
+        self.generation += 1;
         self.map.insert(
             id,
             Lease {
@@ -63,7 +68,11 @@ impl Leases {
     }
 
     pub fn remove(&mut self, id: i64) -> Option<Lease> {
-        self.map.remove(&id)
+        let removed = self.map.remove(&id);
+        if removed.is_some() {
+            self.generation += 1;
+        }
+        removed
     }
 
     /// Attaches `key` to lease `id`; false when there is no such lease (id 0 = no lease is fine).
@@ -106,6 +115,32 @@ impl Mvcc {
         self.leases.infos()
     }
 
+    /// Every lease's (id, TTL in seconds), by id, without the attached keys (cheap enough for
+    /// the leader's keeper to call with thousands of leases).
+    pub fn lease_ttls(&self) -> Vec<(i64, i64)> {
+        self.leases
+            .map
+            .values()
+            .map(|l| (l.id, l.ttl_secs))
+            .collect()
+    }
+
+    /// Number of leases.
+    pub fn lease_count(&self) -> usize {
+        self.leases.map.len()
+    }
+
+    /// The TTL of lease `id`, if it exists.
+    pub fn lease_ttl(&self, id: i64) -> Option<i64> {
+        self.leases.map.get(&id).map(|l| l.ttl_secs)
+    }
+
+    /// Changes whenever a lease is granted or removed on this node (in-memory counter, starts
+    /// anew on open): lets a poller skip [`Mvcc::lease_ttls`] when nothing changed.
+    pub fn lease_generation(&self) -> u64 {
+        self.leases.generation
+    }
+
     /// LeaseGrant: never changes the revision.
     pub(super) fn apply_lease_grant(
         &mut self,
@@ -141,5 +176,30 @@ impl Mvcc {
             self.delete_key(w, key)?;
         }
         Ok(Ok(ResponseBody::LeaseRevoke))
+    }
+
+    /// LeaseExpire: removes every listed lease that still exists and deletes all their keys in
+    /// ONE revision (none if no key was attached), in key order across the whole batch. Unknown
+    /// ids (revoked meanwhile, or a repeat of this entry's proposal) are skipped, not errors.
+    pub(super) fn apply_lease_expire(
+        &mut self,
+        w: &mut WriteCtx<'_>,
+        ids: &[i64],
+    ) -> Result<Result<ResponseBody, ApplyError>, StoreError> {
+        let mut expired = Vec::with_capacity(ids.len());
+        let mut keys = BTreeSet::new();
+        for &id in ids {
+            // A duplicate id finds its lease already removed and is skipped like an unknown one.
+            if let Some(lease) = self.leases.remove(id) {
+                w.batch.remove(&lease_key(id));
+                keys.extend(lease.keys);
+                expired.push(id);
+            }
+        }
+        // A key is attached to one lease at most, so no key is deleted twice.
+        for key in &keys {
+            self.delete_key(w, key)?;
+        }
+        Ok(Ok(ResponseBody::LeaseExpire { expired }))
     }
 }

@@ -14,11 +14,13 @@
 //! - `apply`: [`Mvcc::apply`], put/delete primitives, DeleteRange, Compact.
 //! - `txn`: Txn compares, checks and execution.
 //! - `read`: [`Mvcc::range`].
-//! - `lease`: leases, LeaseGrant and LeaseRevoke.
+//! - `lease`: leases, LeaseGrant, LeaseRevoke and the leader's batched LeaseExpire.
+//! - `dedup`: request ids of applied `Idempotent` commands (retries never apply twice).
 //! - `test_util`, `tests_*`: unit tests against a temporary sled tree, one file per area.
 
 mod apply;
 mod codec;
+mod dedup;
 mod history;
 mod index;
 mod lease;
@@ -27,6 +29,8 @@ mod txn;
 
 #[cfg(test)]
 mod test_util;
+#[cfg(test)]
+mod tests_dedup;
 #[cfg(test)]
 mod tests_history;
 #[cfg(test)]
@@ -41,9 +45,10 @@ mod tests_txn;
 pub use lease::LeaseInfo;
 
 use codec::{
-    decode_lease, decode_lease_key, decode_meta_revision, LEASE, META_COMPACT_REVISION,
-    META_CURRENT_REVISION,
+    decode_dedup, decode_lease, decode_lease_key, decode_meta_revision, DEDUP, LEASE,
+    META_COMPACT_REVISION, META_CURRENT_REVISION,
 };
+use dedup::Dedup;
 use history::History;
 use index::Index;
 use lease::Leases;
@@ -55,6 +60,8 @@ pub struct Mvcc {
     history: History,
     index: Index,
     leases: Leases,
+    /// Request ids of applied `Idempotent` commands, with their responses.
+    dedup: Dedup,
     /// The store's revision: 1 when empty (as in etcd), +1 per command that changed a key.
     current_revision: i64,
     /// Reads below this revision fail; 0 when never compacted.
@@ -89,6 +96,12 @@ impl Mvcc {
                 });
             }
             leases.grant(rec.id, rec.ttl_secs);
+        }
+
+        let mut dedup = Dedup::default();
+        for item in tree.scan_prefix([DEDUP]) {
+            let (_, value) = item?;
+            dedup.insert(decode_dedup(&value)?);
         }
 
         let history = History::new(tree);
@@ -128,6 +141,7 @@ impl Mvcc {
             history,
             index,
             leases,
+            dedup,
             current_revision,
             compact_revision,
         })

@@ -155,3 +155,118 @@ fn leases_and_attachments_survive_reopen() {
     assert_eq!(keys_of(&h, 2), ["a", "b"]);
     assert!(keys_of(&h, 1).is_empty());
 }
+
+#[test]
+fn expire_deletes_every_key_of_every_lease_in_one_revision() {
+    let mut h = H::new();
+    h.grant(1, 5);
+    h.grant(2, 5);
+    h.grant(3, 5);
+    h.grant(4, 5);
+    h.put_lease("b1", "x", 1); // 2
+    h.put_lease("a2", "y", 2); // 3
+    h.put_lease("c1", "z", 1); // 4
+    h.put_lease("d4", "w", 4); // 5
+    h.put("keep", "k"); // 6
+    h.events.clear();
+    // 9 does not exist, 2 is listed twice: both are skipped.
+    let r = h.apply(Command::LeaseExpire {
+        ids: vec![1, 9, 2, 3, 2],
+    });
+    assert_eq!(
+        (r.revision, r.result),
+        (
+            7,
+            Ok(ResponseBody::LeaseExpire {
+                expired: vec![1, 2, 3]
+            })
+        )
+    );
+    // One revision for the batch; key order across leases; sub-revisions ascending.
+    let got: Vec<(EventKind, String, i64)> = h
+        .events
+        .iter()
+        .map(|e| (e.kind, s(&e.kv.key), e.kv.mod_revision))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (EventKind::Delete, "a2".into(), 7),
+            (EventKind::Delete, "b1".into(), 7),
+            (EventKind::Delete, "c1".into(), 7),
+        ]
+    );
+    assert_eq!(
+        h.all_at(0),
+        [("d4".into(), "w".into()), ("keep".into(), "k".into())]
+    );
+    assert_eq!(
+        h.mvcc.lease_ttls(),
+        vec![(4, 5)],
+        "only the lease not listed is left"
+    );
+    // Everything was readable at the revision before.
+    assert_eq!(h.all_at(6).len(), 5);
+    // The removal is durable.
+    h.reopen();
+    assert_eq!(h.mvcc.lease_ttls(), vec![(4, 5)]);
+    assert_eq!(h.all_at(0).len(), 2);
+}
+
+#[test]
+fn expiring_only_unknown_or_keyless_leases_keeps_the_revision() {
+    let mut h = H::new();
+    h.put("a", "1"); // 2
+    h.grant(1, 5);
+    let r = h.apply(Command::LeaseExpire { ids: vec![7, 8] });
+    assert_eq!(
+        (r.revision, r.result),
+        (2, Ok(ResponseBody::LeaseExpire { expired: vec![] }))
+    );
+    let r = h.apply(Command::LeaseExpire { ids: vec![1] });
+    assert_eq!(
+        (r.revision, r.result),
+        (2, Ok(ResponseBody::LeaseExpire { expired: vec![1] }))
+    );
+    // A repeat of the same entry (a re-proposal after "commit status unknown") is harmless.
+    let r = h.apply(Command::LeaseExpire { ids: vec![1] });
+    assert_eq!(r.result, Ok(ResponseBody::LeaseExpire { expired: vec![] }));
+    assert!(h.mvcc.leases().is_empty());
+}
+
+#[test]
+fn expire_and_puts_in_one_apply_group_see_each_other() {
+    // The Raft state machine applies several entries into one sled batch: a put after the
+    // expiry in the same group must see the lease gone.
+    let mut h = H::new();
+    h.grant(1, 5);
+    h.put_lease("a", "1", 1); // 2
+    let out = h.apply_group(vec![
+        Command::LeaseExpire { ids: vec![1] },
+        Command::Put(muster_types::PutRequest {
+            lease: 1,
+            ..put_req("b", "2")
+        }),
+    ]);
+    assert_eq!(out[0].revision, 3);
+    assert_eq!(out[1].result, Err(ApplyError::LeaseNotFound { id: 1 }));
+    assert!(h.get("a").is_none());
+}
+
+#[test]
+fn lease_generation_moves_on_grant_and_removal_only() {
+    let mut h = H::new();
+    let g0 = h.mvcc.lease_generation();
+    h.grant(1, 5);
+    let g1 = h.mvcc.lease_generation();
+    assert_ne!(g0, g1);
+    h.put_lease("a", "1", 1);
+    assert_eq!(
+        h.mvcc.lease_generation(),
+        g1,
+        "attaching a key is not a lease change"
+    );
+    h.apply(Command::LeaseExpire { ids: vec![1] });
+    assert_ne!(h.mvcc.lease_generation(), g1);
+    assert_eq!(h.mvcc.lease_ttl(1), None);
+}

@@ -3,6 +3,8 @@
 //!
 //! Readers (Range, Status, watch catch-up) share [`SmShared`] with the applier: apply holds the
 //! write lock while it changes the keyspace, so a reader sees whole entries or nothing.
+//! After each applied group's batch is in sled, apply publishes the group's events to the
+//! [`WatchHub`] while still holding the write lock (the hub relies on that ordering).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{io_err, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::mvcc::Mvcc;
+use crate::watch::WatchHub;
 
 /// Raft-side meta lives in the state machine's tree under this prefix, so it is written in the
 /// same atomic batch as the data it describes. The MVCC layer never uses this prefix.
@@ -31,6 +34,7 @@ const SLOW_APPLY_MS: u128 = 100;
 pub struct SmShared {
     tree: sled::Tree,
     inner: RwLock<SmInner>,
+    hub: Arc<WatchHub>,
 }
 
 /// The state under the apply lock.
@@ -41,6 +45,11 @@ pub struct SmInner {
 }
 
 impl SmShared {
+    /// The watch hub this state machine publishes applied events to.
+    pub fn hub(&self) -> &Arc<WatchHub> {
+        &self.hub
+    }
+
     /// A read view of the state machine. Never hold it across an `.await`.
     pub fn read(&self) -> RwLockReadGuard<'_, SmInner> {
         // A poisoned lock means an apply panicked half-way: the state is unknown and serving
@@ -95,8 +104,13 @@ impl StateMachineStore {
         let last_applied = decode_meta::<Option<LogId>>(&tree, KEY_APPLIED)?.flatten();
         let membership =
             decode_meta::<StoredMembership>(&tree, KEY_MEMBERSHIP)?.unwrap_or_default();
+        let hub = Arc::new(WatchHub::new(
+            mvcc.current_revision(),
+            mvcc.compact_revision(),
+        ));
         let shared = Arc::new(SmShared {
             tree,
+            hub,
             inner: RwLock::new(SmInner {
                 mvcc,
                 last_applied,
@@ -229,6 +243,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 bincode::serialize(&inner.membership).map_err(io_err)?,
             );
             self.shared.tree.apply_batch(batch).map_err(io_err)?;
+            // Still under the write lock: a watcher catching up under the read lock sees
+            // either none of this group or all of it in history, never half.
+            self.shared
+                .hub
+                .publish(&inner.mvcc, std::mem::take(&mut events));
             if let Some(l) = &inner.last_applied {
                 tracing::debug!(
                     log_index = l.index,
@@ -279,6 +298,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             );
             self.shared.tree.apply_batch(batch).map_err(io_err)?;
             inner.mvcc = Mvcc::open(self.shared.tree.clone()).map_err(io_err)?;
+            // The revisions skipped by the snapshot were never published: live watchers
+            // re-read them from the new history.
+            self.shared.hub.reset(&inner.mvcc);
             inner.last_applied = meta.last_log_id.clone();
             inner.membership = meta.last_membership.clone();
         }

@@ -1,0 +1,400 @@
+//! The lease operations, as the gRPC Lease service (and the registry) call them: grant, revoke,
+//! keep-alive, time-to-live and list. Grant and revoke go through the node's write path (with a
+//! request id when the client sent one); keep-alive and time-to-live are answered from the
+//! leader's deadlines, here or one hop away on the leader.
+
+use std::future::Future;
+use std::time::Duration;
+
+use muster_types::{Command, CommandResponse, ResponseBody};
+use openraft::error::{LinearizableReadError, RaftError};
+use openraft::LinearizerOption;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::deadlines::Renewal;
+use super::{id_from_request_id, LeaseKeeper};
+use crate::error::{RaftPathError, ServerError};
+use crate::network::call;
+
+/// How long a forwarded keep-alive batch or time-to-live query may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A granted lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    /// The store revision after the grant (a grant does not advance it).
+    pub revision: i64,
+    pub id: i64,
+    /// The TTL granted, after raising it to the minimum.
+    pub ttl_secs: i64,
+}
+
+/// A lease's remaining life, as the leader sees it. Travels leader → follower as bincode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeToLive {
+    pub id: i64,
+    /// Whole seconds left (truncated, as etcd does); -1 when unknown or expired.
+    pub ttl_secs: i64,
+    /// The TTL granted; 0 when unknown.
+    pub granted_ttl_secs: i64,
+    /// Attached keys, when asked for.
+    pub keys: Vec<Vec<u8>>,
+    /// The leader's store revision when it answered.
+    pub revision: i64,
+}
+
+fn with_request_id(cmd: Command, request_id: Option<String>) -> Command {
+    match request_id {
+        Some(request_id) => Command::Idempotent {
+            request_id,
+            cmd: Box::new(cmd),
+        },
+        None => cmd,
+    }
+}
+
+fn unreachable_leader(addr: String, e: crate::network::PeerError) -> RaftPathError {
+    RaftPathError::LeaderUnreachable {
+        addr,
+        reason: e.to_string(),
+    }
+}
+
+impl LeaseKeeper {
+    /// The shortest TTL granted, in seconds (shorter requests are raised to it).
+    pub fn min_ttl_secs(&self) -> i64 {
+        self.node.config.min_lease_ttl_secs()
+    }
+
+    /// LeaseGrant. `id` 0 = the server picks one (derived from `request_id` when given, so a
+    /// retry proposes the same command). TTL above the maximum is OutOfRange; below the minimum
+    /// it is raised.
+    pub async fn grant(
+        &self,
+        id: i64,
+        ttl_secs: i64,
+        request_id: Option<String>,
+    ) -> Result<Granted, ServerError> {
+        let max_secs = self.node.config.lease.max_ttl_secs;
+        if ttl_secs > max_secs {
+            return Err(ServerError::LeaseTtlTooLarge { ttl_secs, max_secs });
+        }
+        let ttl_secs = ttl_secs.max(self.min_ttl_secs());
+        let id = match (id, request_id.as_deref()) {
+            (0, Some(r)) => id_from_request_id(r),
+            (0, None) => self.ids.next(),
+            (id, _) => id,
+        };
+        let cmd = with_request_id(Command::LeaseGrant { id, ttl_secs }, request_id);
+        self.node.config.limits.check_command(&cmd)?;
+        let resp = self.node.write(cmd.clone()).await?;
+        self.observe(&cmd, &resp);
+        let revision = resp.revision;
+        match resp.result? {
+            ResponseBody::LeaseGrant { id, ttl_secs } => Ok(Granted {
+                revision,
+                id,
+                ttl_secs,
+            }),
+            _ => Err(ServerError::UnexpectedResponse {
+                expected: "lease_grant",
+            }),
+        }
+    }
+
+    /// LeaseRevoke: deletes the lease and its keys in one revision; returns that revision.
+    pub async fn revoke(&self, id: i64, request_id: Option<String>) -> Result<i64, ServerError> {
+        let cmd = with_request_id(Command::LeaseRevoke { id }, request_id);
+        self.node.config.limits.check_command(&cmd)?;
+        let resp = self.node.write(cmd.clone()).await?;
+        self.observe(&cmd, &resp);
+        let revision = resp.revision;
+        match resp.result? {
+            ResponseBody::LeaseRevoke => Ok(revision),
+            _ => Err(ServerError::UnexpectedResponse {
+                expected: "lease_revoke",
+            }),
+        }
+    }
+
+    /// Tells the keeper about a lease write this node applied as leader (its own, or one a
+    /// follower forwarded), so a new lease's deadline starts now rather than at the next
+    /// reconcile. Ignored unless this node's keeper is active.
+    pub fn observe(&self, cmd: &Command, resp: &CommandResponse) {
+        let cmd = match cmd {
+            Command::Idempotent { cmd, .. } => cmd.as_ref(),
+            other => other,
+        };
+        let mut st = self.state();
+        let Some(l) = st.as_mut() else { return };
+        match (cmd, &resp.result) {
+            (Command::LeaseGrant { .. }, Ok(ResponseBody::LeaseGrant { id, ttl_secs }))
+                if !l.deadlines.contains(*id) =>
+            {
+                l.deadlines.track(*id, *ttl_secs, Instant::now());
+            }
+            // A replayed revoke may name an id granted again since: the store decides.
+            (Command::LeaseRevoke { id }, Ok(ResponseBody::LeaseRevoke))
+                if self.node.sm.read().mvcc.lease_ttl(*id).is_none() =>
+            {
+                l.deadlines.forget(*id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Keep-alives for `ids`, renewed on the leader: (id, TTL) each, TTL 0 when the lease does
+    /// not exist or has expired.
+    pub async fn keep_alive(&self, ids: &[i64]) -> Result<Vec<(i64, i64)>, ServerError> {
+        let ids = ids.to_vec();
+        let r = self
+            .route(
+                |deadline| self.keep_alive_local(&ids, deadline),
+                |addr| {
+                    let ids = &ids;
+                    async move {
+                        call(
+                            &self.node.peers,
+                            &addr,
+                            FORWARD_TIMEOUT,
+                            ids,
+                            |mut c, r| async move { c.lease_keep_alive(r).await },
+                        )
+                        .await
+                        .map_err(|e| unreachable_leader(addr.clone(), e))?
+                    }
+                },
+            )
+            .await?;
+        Ok(r)
+    }
+
+    /// A forwarded keep-alive batch, on the leader: never forwarded again.
+    pub async fn keep_alive_on_leader(
+        &self,
+        ids: &[i64],
+    ) -> Result<Vec<(i64, i64)>, RaftPathError> {
+        let deadline = Instant::now() + self.node.config.leader_wait;
+        self.keep_alive_local(ids, deadline).await
+    }
+
+    /// LeaseTimeToLive, answered by the leader.
+    pub async fn time_to_live(&self, id: i64, keys: bool) -> Result<TimeToLive, ServerError> {
+        let r = self
+            .route(
+                |deadline| self.time_to_live_local(id, keys, deadline),
+                |addr| async move {
+                    call(
+                        &self.node.peers,
+                        &addr,
+                        FORWARD_TIMEOUT,
+                        &(id, keys),
+                        |mut c, r| async move { c.lease_time_to_live(r).await },
+                    )
+                    .await
+                    .map_err(|e| unreachable_leader(addr.clone(), e))?
+                },
+            )
+            .await?;
+        Ok(r)
+    }
+
+    /// A forwarded time-to-live query, on the leader: never forwarded again.
+    pub async fn time_to_live_on_leader(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> Result<TimeToLive, RaftPathError> {
+        let deadline = Instant::now() + self.node.config.leader_wait;
+        self.time_to_live_local(id, keys, deadline).await
+    }
+
+    /// LeaseLeases: every lease id, read linearizably from the local store; with the revision.
+    pub async fn leases(&self) -> Result<(i64, Vec<i64>), ServerError> {
+        self.node.linearizable_barrier().await?;
+        let sm = self.node.sm.read();
+        let ids = sm.mvcc.lease_ttls().into_iter().map(|(id, _)| id).collect();
+        Ok((sm.mvcc.current_revision(), ids))
+    }
+
+    /// Runs `local` here; when another node leads, `remote` there (one hop: the leader never
+    /// forwards again). Both are read-only or idempotent, so while leadership moves (no leader,
+    /// a stale leader hint, the old leader unreachable) they are simply tried again, up to
+    /// `leader_wait`: a keep-alive stream rides through an election instead of failing.
+    async fn route<T, L, LF, R, RF>(&self, local: L, remote: R) -> Result<T, RaftPathError>
+    where
+        L: Fn(Instant) -> LF,
+        LF: Future<Output = Result<T, RaftPathError>>,
+        R: Fn(String) -> RF,
+        RF: Future<Output = Result<T, RaftPathError>>,
+    {
+        let deadline = Instant::now() + self.node.config.leader_wait;
+        loop {
+            let r = match local(deadline).await {
+                Err(RaftPathError::NotLeader {
+                    leader_id: Some(id),
+                    leader_addr: Some(addr),
+                }) if id != self.node.id => remote(addr).await,
+                other => other,
+            };
+            match r {
+                Err(
+                    RaftPathError::NoLeader
+                    | RaftPathError::NotLeader { .. }
+                    | RaftPathError::LeaderUnreachable { .. },
+                ) if Instant::now() < deadline => self.node.wait_for_leader(deadline).await?,
+                other => return other,
+            }
+        }
+    }
+
+    /// The term this node's keeper leads in; waits (up to `deadline`) when Raft already made
+    /// this node leader and the keeper is still taking over.
+    async fn await_leading(&self, deadline: Instant) -> Result<u64, RaftPathError> {
+        let mut active = self.active.subscribe();
+        loop {
+            let term = *active.borrow_and_update();
+            if term.is_some() && term == self.leader_term_now() {
+                return term.ok_or(RaftPathError::NoLeader);
+            }
+            if self.node.current_leader() != Some(self.node.id) {
+                return Err(self.not_leader());
+            }
+            match tokio::time::timeout_at(deadline, active.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => {
+                    return Err(RaftPathError::Fatal {
+                        reason: "lease keeper stopped".into(),
+                    })
+                }
+                Err(_) => return Err(RaftPathError::Timeout),
+            }
+        }
+    }
+
+    /// Confirms this node still leads in `term`: a quorum acknowledged it within the leader
+    /// lease (heartbeating at once if that is stale). A leader cut off from the majority fails
+    /// here and stops renewing leases.
+    async fn confirm_leadership(&self, term: u64) -> Result<(), RaftPathError> {
+        match self
+            .node
+            .raft
+            .get_read_linearizer(LinearizerOption::new(None, true))
+            .await
+        {
+            Ok(_) => {}
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
+                return Err(self.not_leader())
+            }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
+                return Err(RaftPathError::Timeout)
+            }
+            Err(RaftError::Fatal(f)) => {
+                return Err(RaftPathError::Fatal {
+                    reason: f.to_string(),
+                })
+            }
+        }
+        if self.leader_term_now() != Some(term) {
+            return Err(self.not_leader());
+        }
+        Ok(())
+    }
+
+    async fn keep_alive_local(
+        &self,
+        ids: &[i64],
+        deadline: Instant,
+    ) -> Result<Vec<(i64, i64)>, RaftPathError> {
+        let term = self.await_leading(deadline).await?;
+        self.confirm_leadership(term).await?;
+        self.renew(term, ids)
+    }
+
+    /// Renews `ids` in `term`'s deadlines.
+    fn renew(&self, term: u64, ids: &[i64]) -> Result<Vec<(i64, i64)>, RaftPathError> {
+        let now = Instant::now();
+        let mut st = self.state();
+        let Some(l) = st.as_mut().filter(|l| l.term == term) else {
+            return Err(self.not_leader());
+        };
+        let mut sm = None;
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let ttl = match l.deadlines.renew(id, now) {
+                Renewal::Renewed { ttl_secs } => ttl_secs,
+                Renewal::Expired => 0,
+                Renewal::Unknown => {
+                    // Granted so recently (or by a writer that skipped `observe`) that the
+                    // reconcile has not seen it yet: the store decides. Lock order: state, sm.
+                    let sm = sm.get_or_insert_with(|| self.node.sm.read());
+                    match sm.mvcc.lease_ttl(id) {
+                        Some(ttl_secs) => {
+                            l.deadlines.track(id, ttl_secs, now);
+                            ttl_secs
+                        }
+                        None => 0,
+                    }
+                }
+            };
+            out.push((id, ttl));
+        }
+        Ok(out)
+    }
+
+    async fn time_to_live_local(
+        &self,
+        id: i64,
+        keys: bool,
+        deadline: Instant,
+    ) -> Result<TimeToLive, RaftPathError> {
+        let term = self.await_leading(deadline).await?;
+        self.confirm_leadership(term).await?;
+        self.remaining(term, id, keys)
+    }
+
+    fn remaining(&self, term: u64, id: i64, with_keys: bool) -> Result<TimeToLive, RaftPathError> {
+        // The store first, without the keeper's lock: it may wait behind a long apply.
+        let (granted, keys, revision) = {
+            let sm = self.node.sm.read();
+            let keys = if with_keys {
+                sm.mvcc.lease(id).map(|info| info.keys).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            (sm.mvcc.lease_ttl(id), keys, sm.mvcc.current_revision())
+        };
+        let unknown = TimeToLive {
+            id,
+            ttl_secs: -1,
+            granted_ttl_secs: 0,
+            keys: Vec::new(),
+            revision,
+        };
+        let Some(granted) = granted else {
+            return Ok(unknown);
+        };
+        let now = Instant::now();
+        let mut st = self.state();
+        let Some(l) = st.as_mut().filter(|l| l.term == term) else {
+            return Err(self.not_leader());
+        };
+        let left = match l.deadlines.remaining(id, now) {
+            Some((_, Some(left))) => left.as_secs() as i64,
+            // Past its deadline: its LeaseExpire is on the way.
+            Some((_, None)) => return Ok(unknown),
+            None => {
+                l.deadlines.track(id, granted, now);
+                granted
+            }
+        };
+        Ok(TimeToLive {
+            id,
+            ttl_secs: left,
+            granted_ttl_secs: granted,
+            keys,
+            revision,
+        })
+    }
+}

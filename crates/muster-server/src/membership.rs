@@ -1,0 +1,268 @@
+//! Membership changes (etcd Cluster API: MemberAdd, MemberPromote, MemberRemove), executed on
+//! the leader; a follower forwards them one hop, like writes.
+//!
+//! A new member gets a random id (as etcd does) so that an id is never reused: a wiped node
+//! rejoins under a new id, never its old one (log reversion could split the cluster).
+//! The new node is started with `--node-id <id> --join` and waits to be contacted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use muster_store::raft::{NodeId, TypeConfig};
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+use serde::{Deserialize, Serialize};
+
+use crate::error::RaftPathError;
+use crate::network::call;
+use crate::node::Node;
+
+/// A membership change, as forwarded to the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a node (a learner, or straight to voter when `learner` is false).
+    Add { addr: String, learner: bool },
+    /// Make a learner a voter.
+    Promote { id: NodeId },
+    /// Remove a voter or learner.
+    Remove { id: NodeId },
+}
+
+/// The result of a change: the affected id, and the membership after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipChanged {
+    pub id: NodeId,
+    pub voters: BTreeSet<NodeId>,
+    pub nodes: BTreeMap<NodeId, String>,
+}
+
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn map_err(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RaftPathError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
+            None => RaftPathError::NoLeader,
+            Some(id) => RaftPathError::NotLeader {
+                leader_id: Some(id),
+                leader_addr: f.leader_node.map(|n| n.addr),
+            },
+        },
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => RaftPathError::CommitUnknown,
+        RaftError::APIError(e) => RaftPathError::Rejected {
+            reason: e.to_string(),
+        },
+        RaftError::Fatal(f) => RaftPathError::Fatal {
+            reason: f.to_string(),
+        },
+    }
+}
+
+fn fresh_id(taken: &BTreeSet<NodeId>) -> NodeId {
+    loop {
+        // Readable ids (≤ 10 digits), random so a removed id is not handed out again.
+        let id = u64::from(rand::random::<u32>()).max(1000);
+        if !taken.contains(&id) {
+            return id;
+        }
+    }
+}
+
+impl Node {
+    fn membership_summary(&self, id: NodeId) -> MembershipChanged {
+        let m = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
+        let membership = m.membership();
+        MembershipChanged {
+            id,
+            voters: membership.voter_ids().collect(),
+            nodes: membership
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect(),
+        }
+    }
+
+    /// Applies `change` on this node's Raft; NotLeader when it does not lead.
+    pub async fn change_membership_local(
+        &self,
+        change: MembershipChange,
+    ) -> Result<MembershipChanged, RaftPathError> {
+        let id = match change {
+            MembershipChange::Add { addr, learner } => {
+                let current = self.membership_summary(0);
+                if let Some((id, _)) = current.nodes.iter().find(|(_, a)| **a == addr) {
+                    return Err(RaftPathError::Rejected {
+                        reason: format!("address {addr} is already member {id}"),
+                    });
+                }
+                let id = fresh_id(&current.nodes.keys().copied().collect());
+                // Non-blocking: the new node may not be running yet (etcd's order is add, then
+                // start).
+                self.raft
+                    .add_learner(id, BasicNode::new(&addr), false)
+                    .await
+                    .map_err(map_err)?;
+                if !learner {
+                    self.raft
+                        .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
+                        .await
+                        .map_err(map_err)?;
+                }
+                tracing::info!(node_id = self.id, new_member = id, %addr, learner, "member added");
+                id
+            }
+            MembershipChange::Promote { id } => {
+                let current = self.membership_summary(id);
+                if !current.nodes.contains_key(&id) {
+                    return Err(RaftPathError::Rejected {
+                        reason: format!("member {id} not found"),
+                    });
+                }
+                if current.voters.contains(&id) {
+                    return Err(RaftPathError::Rejected {
+                        reason: format!("member {id} is not a learner"),
+                    });
+                }
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
+                    .await
+                    .map_err(map_err)?;
+                tracing::info!(node_id = self.id, member = id, "member promoted");
+                id
+            }
+            MembershipChange::Remove { id } => {
+                let current = self.membership_summary(id);
+                if !current.nodes.contains_key(&id) {
+                    return Err(RaftPathError::Rejected {
+                        reason: format!("member {id} not found"),
+                    });
+                }
+                if current.voters.contains(&id) {
+                    if current.voters.len() == 1 {
+                        return Err(RaftPathError::Rejected {
+                            reason: "cannot remove the last voter".into(),
+                        });
+                    }
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                        .await
+                        .map_err(map_err)?;
+                } else {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+                        .await
+                        .map_err(map_err)?;
+                }
+                tracing::info!(node_id = self.id, member = id, "member removed");
+                if let Some(addr) = current.nodes.get(&id) {
+                    // Best effort: a node that is down learns it when it next contacts us.
+                    let r: Result<(), _> = call(
+                        &self.peers,
+                        addr,
+                        Duration::from_secs(2),
+                        &id,
+                        |mut c, r| async move { c.notify_removed(r).await },
+                    )
+                    .await;
+                    if let Err(e) = r {
+                        tracing::warn!(
+                            node_id = self.id,
+                            member = id,
+                            "could not tell the removed node: {e}"
+                        );
+                    }
+                }
+                id
+            }
+        };
+        Ok(self.membership_summary(id))
+    }
+
+    /// Applies `change` through the leader (forwarded one hop when this node follows).
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<MembershipChanged, RaftPathError> {
+        let deadline = tokio::time::Instant::now() + self.config.leader_wait;
+        loop {
+            match self.change_membership_local(change.clone()).await {
+                Err(RaftPathError::NotLeader {
+                    leader_id: Some(id),
+                    leader_addr: Some(addr),
+                }) if id != self.id => {
+                    let r: Result<Result<MembershipChanged, RaftPathError>, _> = call(
+                        &self.peers,
+                        &addr,
+                        FORWARD_TIMEOUT,
+                        &change,
+                        |mut c, r| async move { c.change_membership(r).await },
+                    )
+                    .await;
+                    return r.map_err(|e| RaftPathError::LeaderUnreachable {
+                        addr,
+                        reason: e.to_string(),
+                    })?;
+                }
+                Err(RaftPathError::NoLeader) | Err(RaftPathError::NotLeader { .. }) => {
+                    self.wait_for_leader(deadline).await?
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Resolves once this node has been removed from the cluster (a removed node stops
+    /// serving, as an etcd member does).
+    pub async fn wait_removed(&self) {
+        let mut metrics = self.raft.metrics();
+        while !self.is_removed() {
+            tokio::select! {
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        // Raft stopped: nothing more will change.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                _ = self.removed.notified() => {}
+            }
+        }
+        tracing::warn!(
+            node_id = self.id,
+            "this node was removed from the cluster; stopping"
+        );
+    }
+
+    /// Records that the leader removed this node.
+    pub fn mark_removed(&self) {
+        self.removed_flag
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // notify_one keeps a permit if the server task is not waiting yet.
+        self.removed.notify_one();
+    }
+
+    /// Whether this node was removed: the leader said so, or this node has seen itself in the
+    /// membership and a later membership no longer lists it. (A joining node replays older
+    /// memberships that do not list it yet; those do not count.)
+    pub fn is_removed(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.removed_flag.load(SeqCst) {
+            return true;
+        }
+        let m = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
+        let listed = m.membership().nodes().any(|(id, _)| *id == self.id);
+        if listed {
+            self.was_member.store(true, SeqCst);
+        }
+        self.was_member.load(SeqCst) && !listed
+    }
+}
