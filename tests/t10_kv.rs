@@ -272,3 +272,37 @@ async fn compaction_discards_old_revisions() -> anyhow::Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_write_with_a_request_id_applies_once() -> anyhow::Result<()> {
+    use muster_proto::etcdserverpb::{kv_client::KvClient, PutRequest};
+    let cluster = Cluster::start(3).await?;
+    let mut kv = KvClient::connect(format!("http://{}", cluster.addr(2))).await?;
+    let put = |value: &str| {
+        let mut r = tonic::Request::new(PutRequest {
+            key: b"idem/k".to_vec(),
+            value: value.into(),
+            ..Default::default()
+        });
+        r.metadata_mut().insert(
+            "x-muster-request-id",
+            "client-7-op-1".parse().expect("ascii"),
+        );
+        r
+    };
+    let first = kv.put(put("v")).await?.into_inner();
+    // The same logical request again (a retry after an unknown outcome): not applied twice.
+    let again = kv.put(put("v")).await?.into_inner();
+    assert_eq!(
+        first.header.map(|h| h.revision),
+        again.header.map(|h| h.revision)
+    );
+    let mut c = etcd(&cluster, 1).await?;
+    let got = c.get("idem/k", None).await?;
+    assert_eq!(
+        (got.kvs()[0].version(), got.header().map(|h| h.revision())),
+        (1, first.header.map(|h| h.revision))
+    );
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -99,6 +99,8 @@ async fn etcdctl_watch_prefix_rev_and_prev_kv() -> anyhow::Result<()> {
         .header()
         .map(|h| h.revision())
         .unwrap_or_default();
+    // Watches are served from node 2's applied state; "from now" must be after r0 there.
+    cluster.wait_converged(T).await?;
 
     let mut prefix = Ctl::spawn(&ep, &["--prefix", "w/"])?;
     wait_watchers(&cluster, node, 1).await?;
@@ -141,6 +143,7 @@ async fn etcdctl_watch_prefix_rev_and_prev_kv() -> anyhow::Result<()> {
         .map(|h| h.revision())
         .unwrap_or_default();
     kv.compact(compact_at, None).await?;
+    cluster.wait_converged(T).await?;
     let compacted = Ctl::spawn(&ep, &[&format!("--rev={r0}"), "w/a"])?;
     let out = compacted.stderr_after_exit().await?;
     assert!(

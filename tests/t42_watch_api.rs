@@ -93,6 +93,8 @@ async fn create_options_ids_cancel_progress_and_compaction() -> anyhow::Result<(
         .unwrap_or(1);
     let mut kv = etcd(&cluster, leader).await?;
     let r0 = rev(&kv.put("o/a", "1", None).await?);
+    // "From now" means from the serving member's applied revision: let the follower reach r0.
+    cluster.wait_converged(T).await?;
 
     info!("--- step: creates on follower {follower}; replies in request order");
     let mut c = etcd(&cluster, follower).await?;

@@ -1,11 +1,9 @@
 //! The KV API: get / range with options, put, delete, compact (the txn builder is in `txn.rs`).
 //!
-//! Exactly-once: the server de-duplicates request ids for leases only today, so Put and
-//! DeleteRange are *overwrites* (`Safety::Overwrite`): after an unknown outcome they are
-//! retried (at-least-once; the final state is the same, but the key's version may advance
-//! twice) unless `ClientOptions::retry_overwrites` is off. Compact is never repeated after an
-//! unknown outcome. Every write carries a request id anyway, so the day the KV service honours
-//! it these become exactly-once without a client change (flip [`KV_WRITES_DEDUPED`]).
+//! Exactly-once: every write carries a request id (metadata `x-muster-request-id`, the same on
+//! every attempt of one call) and the server's applier de-duplicates it, so Put, DeleteRange,
+//! Txn and Compact are retried after an unknown outcome and still apply once
+//! ([`KV_WRITES_DEDUPED`]).
 
 use muster_proto::etcdserverpb as pb;
 use muster_proto::etcdserverpb::kv_client::KvClient;
@@ -15,9 +13,9 @@ use crate::client::Client;
 use crate::error::ClientError;
 use crate::retry::{CallSpec, Safety};
 
-/// Whether the server de-duplicates KV writes by request id (it does not yet: only
-/// LeaseGrant and LeaseRevoke are wrapped in `Command::Idempotent`).
-pub const KV_WRITES_DEDUPED: bool = false;
+/// Whether the server de-duplicates KV writes by request id (the KV service wraps Put,
+/// DeleteRange, Txn and Compact in the applier's `Command::Idempotent`).
+pub const KV_WRITES_DEDUPED: bool = true;
 
 /// The safety class of an overwrite (Put, DeleteRange, registry writes).
 pub(crate) fn overwrite() -> Safety {
@@ -362,20 +360,17 @@ impl Client {
     /// Any [`ClientError`] ([`ClientError::Compacted`] when already compacted that far).
     /// Not repeated after an unknown outcome.
     pub async fn compact(&self, revision: i64) -> Result<i64, ClientError> {
-        self.call(
-            CallSpec::write("compact", crate::retry::Safety::Unsafe),
-            |a| async move {
-                let r = KvClient::new(a.channel.clone())
-                    .compact(a.request(pb::CompactionRequest {
-                        revision,
-                        physical: false,
-                    }))
-                    .await
-                    .map_err(|s| a.status(s))?
-                    .into_inner();
-                Ok(crate::kv::revision(r.header.as_ref()))
-            },
-        )
+        self.call(CallSpec::write("compact", overwrite()), |a| async move {
+            let r = KvClient::new(a.channel.clone())
+                .compact(a.request(pb::CompactionRequest {
+                    revision,
+                    physical: false,
+                }))
+                .await
+                .map_err(|s| a.status(s))?
+                .into_inner();
+            Ok(crate::kv::revision(r.header.as_ref()))
+        })
         .await
     }
 }

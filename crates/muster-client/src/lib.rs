@@ -41,13 +41,11 @@
 //! | calls | after an unknown outcome | guarantee |
 //! |---|---|---|
 //! | reads: get/range, read-only txn, lease TTL/list, keep-alive, discover, list services, members, watch (re)open | repeated | — |
-//! | `lease_grant`, `lease_revoke` | repeated with the same request id, which the server de-duplicates | **exactly once** |
-//! | `put`, `delete`, `register`, `deregister`, `update_instance` | repeated if `ClientOptions::retry_overwrites` (default) | at least once; the final state is as if applied once, but a key's version may advance twice and watchers may see the write twice |
-//! | `txn` that writes, `compact` | never repeated: the caller gets the error, `outcome_unknown()` is true | at most once |
+//! | `lease_grant`, `lease_revoke`, `put`, `delete`, `txn`, `compact`, `register`, `deregister` | repeated with the same request id, which the server de-duplicates | **exactly once** |
+//! | `update_instance` | repeated if `ClientOptions::retry_overwrites` (default) | at least once (a read-modify-CAS that sets fields; repeating it sets the same values) |
 //!
-//! Every write sends `x-muster-request-id` (the same id on every attempt of one call). Today the
-//! server de-duplicates it for LeaseGrant and LeaseRevoke only; when the KV service does the same,
-//! [`kv::KV_WRITES_DEDUPED`] flips and overwrites and txns become exactly once.
+//! Every write sends `x-muster-request-id` (the same id on every attempt of one call); the
+//! server's applier remembers ids for a bounded time and answers a repeat with the first result.
 //!
 //! # Layout
 //! - [`client`]: [`Client`] — construction, shared state, request ids.

@@ -29,7 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::kv::{overwrite, GetOptions};
-use crate::retry::CallSpec;
+use crate::retry::{CallSpec, Safety};
 use crate::watch::{EventKind, WatchOptions, WatchUpdate};
 
 /// What to register: the wire form, whose unset fields the server fills with defaults
@@ -239,7 +239,7 @@ impl Client {
         req: pb::UpdateRequest,
     ) -> Result<InstanceRecord, ClientError> {
         let r = self
-            .call(CallSpec::write("update", overwrite()), |a| {
+            .call(CallSpec::write("update", Safety::Overwrite), |a| {
                 let req = req.clone();
                 async move {
                     Ok(RegistryClient::new(a.channel.clone())

@@ -1,9 +1,9 @@
 //! The transaction builder: `client.txn().when(compares).and_then(ops).or_else(ops).commit()`.
 //!
-//! A txn with compares is a compare-and-swap: repeating it after an unknown outcome could see
-//! its own first write and take the other branch, so it is never repeated then
-//! (`Safety::Unsafe`); the caller gets the outcome-unknown error and decides. A txn without
-//! compares and without writes is a read and is retried like one.
+//! A txn with compares is a compare-and-swap: repeating it blindly after an unknown outcome
+//! could see its own first write and take the other branch. It carries a request id that the
+//! server de-duplicates, so a retry returns the first attempt's result instead of running
+//! again (see `kv::KV_WRITES_DEDUPED`). A txn without writes is a read and is retried like one.
 
 use muster_proto::etcdserverpb as pb;
 use muster_proto::etcdserverpb::kv_client::KvClient;
@@ -12,7 +12,7 @@ use muster_proto::mvccpb::KeyValue;
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::kv::{prefix_end, revision, GetOptions};
-use crate::retry::{CallSpec, Safety};
+use crate::retry::CallSpec;
 
 /// How a compare compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +221,7 @@ impl Txn {
         let spec = if self.read_only {
             CallSpec::read("txn")
         } else {
-            CallSpec::write("txn", Safety::Unsafe)
+            CallSpec::write("txn", crate::kv::overwrite())
         };
         let req = self.req;
         self.client

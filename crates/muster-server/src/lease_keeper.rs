@@ -26,7 +26,9 @@
 //!   been superseded cannot commit (the new majority rejects the old term; Raft discards it).
 //! - The keeper acts only while Raft metrics say "leader" in the very term it took over in;
 //!   each look at deadlines re-checks that, and results of proposals from an older term are
-//!   ignored.
+//!   ignored. If Raft refuses an expiry proposal as not-leader (openraft also refuses writes
+//!   from a leader whose lease lapsed without a quorum, while it still reports itself leader),
+//!   the keeper drops its deadlines at once; only a new takeover restarts them (`t33`).
 //! - Keep-alives are accepted only after the leader confirms its leadership (a quorum ack within
 //!   the leader lease), so a leader cut off from the majority stops renewing: its clients fail
 //!   over to the real leader, which restarted every deadline at takeover.
@@ -407,8 +409,17 @@ impl LeaseKeeper {
                 let excess = lat.samples_ms.len().saturating_sub(MAX_LATENESS_SAMPLES);
                 lat.samples_ms.drain(..excess);
             }
+            Err(RaftPathError::NotLeader { .. } | RaftPathError::NoLeader) => {
+                // Raft refuses this node's proposals although its metrics may still say
+                // "leader" (openraft refuses writes once the leader lease has lapsed without a
+                // quorum): its deadlines are stale. Drop them; a takeover that confirms
+                // leadership again restarts them all.
+                drop(st);
+                self.step_down("raft refused the expiry proposal");
+            }
             Err(e) => {
-                // Still leading in this term: take them again on the next look.
+                // Still leading in this term (commit status unknown, say): take them again on
+                // the next look; LeaseExpire is idempotent.
                 l.deadlines.untake(&ids);
                 tracing::warn!(
                     node_id = self.node.id,

@@ -33,6 +33,21 @@ pub enum PeerError {
     Codec(#[from] bincode::Error),
 }
 
+impl PeerError {
+    /// Whether the request certainly never reached the peer (no connection could be made), so
+    /// retrying it elsewhere cannot apply it twice.
+    pub fn was_not_sent(&self) -> bool {
+        match self {
+            PeerError::Blocked { .. } | PeerError::BadAddress { .. } => true,
+            PeerError::Rpc { status, .. } => {
+                status.code() == tonic::Code::Unavailable
+                    && status.message().contains("connect error")
+            }
+            PeerError::Codec(_) => false,
+        }
+    }
+}
+
 /// One cached channel per peer address, shared by Raft replication and request forwarding.
 #[derive(Default)]
 pub struct PeerChannels {

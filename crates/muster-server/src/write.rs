@@ -39,6 +39,14 @@ fn not_leader(f: &ForwardToLeader<TypeConfig>) -> RaftPathError {
     }
 }
 
+/// How a forwarded write failed.
+enum Forwarded {
+    /// No connection to the leader could be made: the request was not delivered.
+    NotSent(crate::network::PeerError),
+    /// The leader answered with an error, or the outcome is unknown.
+    Failed(RaftPathError),
+}
+
 /// How long one forwarded request may take before the follower gives up on it.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,9 +80,26 @@ impl Node {
                 Err(RaftPathError::NotLeader {
                     leader_id: Some(id),
                     leader_addr: Some(addr),
-                }) if id != self.id => {
-                    return self.forward(&addr, &cmd).await;
-                }
+                }) if id != self.id => match self.forward(&addr, &cmd).await {
+                    // The leader we know of is gone and the request never left this node:
+                    // wait for the election to move on, then retry (safe: nothing was sent).
+                    Err(Forwarded::NotSent(e)) if Instant::now() < deadline => {
+                        tracing::debug!(
+                            node_id = self.id,
+                            leader = id,
+                            "leader unreachable, not sent: {e}"
+                        );
+                        self.wait_for_leader_change(id, deadline).await;
+                    }
+                    Err(Forwarded::NotSent(e)) => {
+                        return Err(RaftPathError::LeaderUnreachable {
+                            addr,
+                            reason: e.to_string(),
+                        })
+                    }
+                    Err(Forwarded::Failed(e)) => return Err(e),
+                    Ok(r) => return Ok(r),
+                },
                 Err(RaftPathError::NoLeader) | Err(RaftPathError::NotLeader { .. }) => {
                     self.wait_for_leader(deadline).await?;
                 }
@@ -83,7 +108,18 @@ impl Node {
         }
     }
 
-    async fn forward(&self, addr: &str, cmd: &Command) -> Result<CommandResponse, RaftPathError> {
+    /// Waits until this node's view of the leader is no longer `old`, or `deadline`.
+    async fn wait_for_leader_change(&self, old: u64, deadline: Instant) {
+        let mut metrics = self.raft.metrics();
+        while metrics.borrow_watched().current_leader == Some(old) {
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+    }
+
+    async fn forward(&self, addr: &str, cmd: &Command) -> Result<CommandResponse, Forwarded> {
         tracing::debug!(
             node_id = self.id,
             leader = addr,
@@ -99,12 +135,13 @@ impl Node {
         )
         .await;
         match r {
-            Ok(inner) => inner,
+            Ok(inner) => inner.map_err(Forwarded::Failed),
+            Err(e) if e.was_not_sent() => Err(Forwarded::NotSent(e)),
             // The request may have reached the leader before the connection broke.
-            Err(e) => Err(RaftPathError::LeaderUnreachable {
+            Err(e) => Err(Forwarded::Failed(RaftPathError::LeaderUnreachable {
                 addr: addr.to_string(),
                 reason: e.to_string(),
-            }),
+            })),
         }
     }
 

@@ -10,7 +10,7 @@ use muster_types::{
 };
 use tonic::{Request, Response, Status};
 
-use super::body;
+use super::{body, idempotent, request_id};
 use crate::error::ServerError;
 use crate::node::Node;
 
@@ -19,9 +19,14 @@ pub struct KvService {
 }
 
 impl KvService {
-    async fn propose(&self, cmd: Command) -> Result<(i64, ResponseBody), ServerError> {
+    /// Validates and proposes a write; with a client request id the applier de-duplicates it.
+    async fn propose(
+        &self,
+        cmd: Command,
+        request_id: Option<String>,
+    ) -> Result<(i64, ResponseBody), ServerError> {
         self.node.config.limits.check_command(&cmd)?;
-        body(self.node.write(cmd).await?)
+        body(self.node.write(idempotent(cmd, request_id)).await?)
     }
 
     async fn do_range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, ServerError> {
@@ -44,8 +49,9 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let rid = request_id(&req)?;
         let cmd = Command::Put(PutRequest::from(req.into_inner()));
-        match self.propose(cmd).await? {
+        match self.propose(cmd, rid).await? {
             (rev, ResponseBody::Put(p)) => Ok(Response::new(p.into_pb(&self.node.header(rev)))),
             _ => Err(unexpected("put").into()),
         }
@@ -55,8 +61,9 @@ impl Kv for KvService {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let rid = request_id(&req)?;
         let cmd = Command::DeleteRange(DeleteRangeRequest::from(req.into_inner()));
-        match self.propose(cmd).await? {
+        match self.propose(cmd, rid).await? {
             (rev, ResponseBody::DeleteRange(d)) => {
                 Ok(Response::new(d.into_pb(&self.node.header(rev))))
             }
@@ -65,8 +72,9 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let rid = request_id(&req)?;
         let txn = TxnRequest::try_from(req.into_inner()).map_err(ServerError::from)?;
-        match self.propose(Command::Txn(txn)).await? {
+        match self.propose(Command::Txn(txn), rid).await? {
             (rev, ResponseBody::Txn(t)) => Ok(Response::new(t.into_pb(&self.node.header(rev)))),
             _ => Err(unexpected("txn").into()),
         }
@@ -77,10 +85,11 @@ impl Kv for KvService {
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         // Compaction is applied synchronously, so `physical` needs no separate wait.
+        let rid = request_id(&req)?;
         let cmd = Command::Compact {
             revision: req.into_inner().revision,
         };
-        match self.propose(cmd).await? {
+        match self.propose(cmd, rid).await? {
             (rev, ResponseBody::Compact) => Ok(Response::new(pb::CompactionResponse {
                 header: Some(self.node.header(rev)),
             })),

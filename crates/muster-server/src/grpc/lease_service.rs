@@ -11,12 +11,11 @@ use std::sync::Arc;
 use futures::Stream;
 use muster_proto::etcdserverpb as pb;
 use muster_proto::etcdserverpb::lease_server::Lease;
-use muster_types::ValidationError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::error::ServerError;
+use super::request_id;
 use crate::lease_keeper::LeaseKeeper;
 use crate::node::Node;
 
@@ -32,17 +31,6 @@ const MAX_QUEUED_KEEP_ALIVES: usize = 65_536;
 pub struct LeaseService {
     pub node: Arc<Node>,
     pub keeper: Arc<LeaseKeeper>,
-}
-
-fn request_id<T>(req: &Request<T>) -> Result<Option<String>, ServerError> {
-    let Some(v) = req.metadata().get(REQUEST_ID_HEADER) else {
-        return Ok(None);
-    };
-    let s = v.to_str().map_err(|_| ValidationError::InvalidArgument {
-        field: REQUEST_ID_HEADER,
-        reason: "must be visible ASCII".into(),
-    })?;
-    Ok(Some(s.to_string()))
 }
 
 type KeepAliveStream =

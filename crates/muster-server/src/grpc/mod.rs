@@ -28,3 +28,32 @@ pub(crate) fn body(resp: CommandResponse) -> Result<(i64, ResponseBody), ServerE
     let body = resp.result?;
     Ok((resp.revision, body))
 }
+
+/// The client's idempotency key (metadata `x-muster-request-id`), if it sent one.
+pub(crate) fn request_id<T>(req: &tonic::Request<T>) -> Result<Option<String>, ServerError> {
+    let Some(v) = req.metadata().get(lease_service::REQUEST_ID_HEADER) else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| muster_types::ValidationError::InvalidArgument {
+            field: lease_service::REQUEST_ID_HEADER,
+            reason: "must be visible ASCII".into(),
+        })?;
+    Ok(Some(s.to_string()))
+}
+
+/// Wraps a write in the applier's de-duplication when the client sent a request id, so a retry
+/// after an unknown outcome returns the first result instead of applying twice.
+pub(crate) fn idempotent(
+    cmd: muster_types::Command,
+    request_id: Option<String>,
+) -> muster_types::Command {
+    match request_id {
+        Some(request_id) => muster_types::Command::Idempotent {
+            request_id,
+            cmd: Box::new(cmd),
+        },
+        None => cmd,
+    }
+}

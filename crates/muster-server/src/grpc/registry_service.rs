@@ -17,7 +17,7 @@ use muster_types::{
 };
 use tonic::{Request, Response, Status};
 
-use super::body;
+use super::{body, idempotent, request_id};
 use crate::error::ServerError;
 use crate::lease_keeper::LeaseKeeper;
 use crate::node::Node;
@@ -57,8 +57,17 @@ fn to_pb(i: Instance, kv: &KeyValue) -> pb::Instance {
 
 impl RegistryService {
     async fn write(&self, cmd: Command) -> Result<(i64, ResponseBody), ServerError> {
+        self.write_once(cmd, None).await
+    }
+
+    /// A write the applier de-duplicates when the client sent a request id.
+    async fn write_once(
+        &self,
+        cmd: Command,
+        request_id: Option<String>,
+    ) -> Result<(i64, ResponseBody), ServerError> {
         self.node.config.limits.check_command(&cmd)?;
-        body(self.node.write(cmd).await?)
+        body(self.node.write(idempotent(cmd, request_id)).await?)
     }
 
     async fn read(
@@ -78,6 +87,7 @@ impl RegistryService {
     async fn register(
         &self,
         req: pb::RegisterRequest,
+        request_id: Option<String>,
     ) -> Result<pb::RegisterResponse, ServerError> {
         let p = req.instance.ok_or_else(|| invalid("instance", "missing"))?;
         let instance = instance_from_pb(p, now_ms())?;
@@ -99,7 +109,7 @@ impl RegistryService {
             lease,
             ..Default::default()
         };
-        let (revision, _) = self.write(Command::Put(put)).await?;
+        let (revision, _) = self.write_once(Command::Put(put), request_id).await?;
         tracing::info!(key = %String::from_utf8_lossy(&instance.key().key()), lease, revision, "registered");
         Ok(pb::RegisterResponse {
             revision,
@@ -111,13 +121,17 @@ impl RegistryService {
     async fn deregister(
         &self,
         req: pb::DeregisterRequest,
+        request_id: Option<String>,
     ) -> Result<pb::DeregisterResponse, ServerError> {
         let key = key_from_pb(req.key)?;
         let del = DeleteRangeRequest {
             range: KeyRange::single(key.key()),
             prev_kv: false,
         };
-        match self.write(Command::DeleteRange(del)).await? {
+        match self
+            .write_once(Command::DeleteRange(del), request_id)
+            .await?
+        {
             (revision, ResponseBody::DeleteRange(d)) => Ok(pb::DeregisterResponse {
                 revision,
                 deleted: d.deleted > 0,
@@ -249,8 +263,9 @@ impl Registry for RegistryService {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let rid = request_id(&req)?;
         Ok(Response::new(
-            RegistryService::register(self, req.into_inner()).await?,
+            RegistryService::register(self, req.into_inner(), rid).await?,
         ))
     }
 
@@ -258,8 +273,9 @@ impl Registry for RegistryService {
         &self,
         req: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let rid = request_id(&req)?;
         Ok(Response::new(
-            RegistryService::deregister(self, req.into_inner()).await?,
+            RegistryService::deregister(self, req.into_inner(), rid).await?,
         ))
     }
 
