@@ -22,6 +22,15 @@ fn instance(service: &str, addr: &str, port: u32) -> pb::Instance {
     }
 }
 
+async fn next(
+    s: &mut tonic::Streaming<pb::SubscribeResponse>,
+) -> anyhow::Result<pb::SubscribeResponse> {
+    tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .map_err(|_| anyhow::anyhow!("no subscription message within 10 s"))??
+        .ok_or_else(|| anyhow::anyhow!("subscription ended"))
+}
+
 fn discover(service: &str) -> pb::DiscoverRequest {
     pb::DiscoverRequest {
         service: service.into(),
@@ -299,6 +308,97 @@ async fn ephemeral_instance_vanishes_after_ttl_on_every_node_at_one_revision() -
         delete_revs.windows(2).all(|w| w[0] == w[1]),
         "same deletion revision everywhere: {delete_revs:?}"
     );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribe_sees_snapshot_then_register_update_and_expiry_in_order() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let mut reg = registry(&cluster, 1).await?;
+    reg.register(pb::RegisterRequest {
+        instance: Some(instance("api", "10.0.0.1", 80)),
+        ..Default::default()
+    })
+    .await?;
+    // Subscribe on another node than the writes.
+    let mut sub = registry(&cluster, 3).await?;
+    let mut stream = sub
+        .subscribe(pb::SubscribeRequest {
+            service: "api".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let snap = next(&mut stream).await?;
+    assert!(snap.snapshot);
+    assert_eq!(snap.events.len(), 1);
+
+    let eph = pb::Instance {
+        ephemeral: true,
+        ..instance("api", "10.0.0.2", 80)
+    };
+    reg.register(pb::RegisterRequest {
+        instance: Some(eph),
+        ttl_secs: 2,
+        ..Default::default()
+    })
+    .await?;
+    let key = pb::InstanceKey {
+        service: "api".into(),
+        instance_id: "10.0.0.1:80".into(),
+        ..Default::default()
+    };
+    reg.update(pb::UpdateRequest {
+        key: Some(key),
+        weight: Some(7),
+        ..Default::default()
+    })
+    .await?;
+
+    // Register, update, then the ephemeral instance's expiry (no keep-alives), in order.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let m = next(&mut stream).await?;
+        assert!(!m.snapshot);
+        for e in m.events {
+            let i = e.instance.clone().unwrap_or_default();
+            seen.push((e.kind, i.instance_id, i.weight, e.revision));
+        }
+    }
+    use pb::instance_event::Kind;
+    assert_eq!(
+        (seen[0].0, seen[0].1.as_str()),
+        (Kind::Upsert as i32, "10.0.0.2:80")
+    );
+    assert_eq!(
+        (seen[1].0, seen[1].1.as_str(), seen[1].2),
+        (Kind::Upsert as i32, "10.0.0.1:80", Some(7))
+    );
+    assert_eq!(
+        (seen[2].0, seen[2].1.as_str()),
+        (Kind::Delete as i32, "10.0.0.2:80")
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].3 < w[1].3),
+        "revision order: {seen:?}"
+    );
+    assert!(
+        seen[0].3 > snap.revision,
+        "nothing between the snapshot and the first event is lost"
+    );
+
+    // Resume from a revision replays the same changes.
+    let mut again = sub
+        .subscribe(pb::SubscribeRequest {
+            service: "api".into(),
+            start_revision: seen[1].3,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let m = next(&mut again).await?;
+    assert_eq!(m.events.first().map(|e| e.revision), Some(seen[1].3));
     cluster.shutdown().await;
     Ok(())
 }
