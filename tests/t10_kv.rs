@@ -8,6 +8,9 @@ use muster_tests::{etcd, status, Cluster};
 
 const T: Duration = Duration::from_secs(10);
 
+/// key, value, create_revision, mod_revision, version
+type KvView = (Vec<u8>, Vec<u8>, i64, i64, i64);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_on_any_node_reads_on_every_node_agree() -> anyhow::Result<()> {
     let cluster = Cluster::start(3).await?;
@@ -31,7 +34,7 @@ async fn writes_on_any_node_reads_on_every_node_agree() -> anyhow::Result<()> {
             .get("agree/", Some(GetOptions::new().with_prefix()))
             .await?;
         assert_eq!(r.count(), 3, "node {id} sees all three keys");
-        let kvs: Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)> = r
+        let kvs: Vec<KvView> = r
             .kvs()
             .iter()
             .map(|kv| {

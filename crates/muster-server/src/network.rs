@@ -152,6 +152,8 @@ where
 #[derive(Clone)]
 pub struct NetworkFactory {
     pub peers: Arc<PeerChannels>,
+    /// The shortest deadline an append-entries RPC gets (see `append_entries`).
+    pub append_timeout_floor: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -162,6 +164,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerConnection {
             addr: node.addr.clone(),
             peers: self.peers.clone(),
+            append_timeout_floor: self.append_timeout_floor,
         }
     }
 }
@@ -170,6 +173,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerConnection {
     addr: String,
     peers: Arc<PeerChannels>,
+    append_timeout_floor: Duration,
 }
 
 fn to_rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<TypeConfig, E> {
@@ -218,7 +222,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(option.hard_ttl(), &rpc, |mut c, r| async move {
+        // openraft's deadline for an append is the heartbeat interval; a large batch on a slow
+        // disk can take longer, and retrying it on the same deadline never makes progress.
+        let timeout = option.hard_ttl().max(self.append_timeout_floor);
+        self.unary(timeout, &rpc, |mut c, r| async move {
             c.append_entries(r).await
         })
         .await

@@ -85,6 +85,7 @@ impl Node {
         let peers = Arc::new(PeerChannels::default());
         let network = NetworkFactory {
             peers: peers.clone(),
+            append_timeout_floor: config.raft.election_min,
         };
         let raft = Raft::new(
             config.node_id,

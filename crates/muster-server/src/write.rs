@@ -175,7 +175,7 @@ impl Node {
     /// linearizable read must observe.
     pub async fn read_index_local(&self) -> Result<LogId, RaftPathError> {
         match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
-            Ok(l) => Ok(l.read_log_id().log_id().clone()),
+            Ok(l) => Ok(*l.read_log_id().log_id()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(not_leader(&f))
             }

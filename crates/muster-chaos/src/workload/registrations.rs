@@ -1,7 +1,8 @@
 //! Lease-backed registrations: each registrant grants a lease, puts `chaos/reg/{r}/{gen}` under
 //! it, then once a tick sends a keep-alive and checks (linearizable read) that its key is still
-//! there. A registrant talks to one node at a time and moves to the next on any failure, so a
-//! frozen or cut-off node cannot starve it.
+//! there. A registrant talks to one node at a time and moves to the next on any failure (a
+//! renewal may take at most TTL/4, capped by the request deadline), so a frozen or cut-off node
+//! cannot starve it.
 //!
 //! **Spurious expiry**: the server may expire a lease only after a full TTL without renewal, and
 //! a renewal counts from when the leader received it — no earlier than when we *sent* it. So a
@@ -74,6 +75,12 @@ pub async fn run(
     }
     let mut on = r % clients.len();
     let ttl_d = Duration::from_secs(u64::try_from(ttl).unwrap_or(1));
+    // A renewal gets a quarter of the TTL before the registrant tries the next node, so even a
+    // tour of three unresponsive nodes leaves time to renew on the fourth try.
+    let renew_timeout = settings
+        .op_timeout
+        .min(ttl_d / 4)
+        .max(Duration::from_millis(500));
     let mut out = RegResult {
         registrant: r,
         ..Default::default()
@@ -150,7 +157,7 @@ pub async fn run(
                 keeper.keep_alive().await.ok()?;
                 s.message().await.ok()?.map(|m| m.ttl())
             };
-            match tokio::time::timeout(settings.op_timeout, renewed).await {
+            match tokio::time::timeout(renew_timeout, renewed).await {
                 Ok(Some(t)) if t > 0 => {
                     out.keepalives_ok += 1;
                     let gap = sent.saturating_duration_since(live.renewal_sent);

@@ -25,17 +25,30 @@ impl Node {
         let metrics = self.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-        membership
-            .nodes()
-            .map(|(id, node)| pb::Member {
-                id: *id,
-                name: format!("muster-{id}"),
-                peer_ur_ls: vec![format!("http://{}", node.addr)],
-                client_ur_ls: vec![node.addr.clone()],
-                is_learner: !voters.contains(id),
-            })
-            .collect()
+        let nodes = membership.nodes().map(|(id, n)| (*id, n.addr.clone()));
+        to_members(nodes, &voters)
     }
+}
+
+fn to_members(
+    nodes: impl Iterator<Item = (u64, String)>,
+    voters: &std::collections::BTreeSet<u64>,
+) -> Vec<pb::Member> {
+    nodes
+        .map(|(id, addr)| pb::Member {
+            id,
+            name: format!("muster-{id}"),
+            peer_ur_ls: vec![format!("http://{addr}")],
+            client_ur_ls: vec![addr],
+            is_learner: !voters.contains(&id),
+        })
+        .collect()
+}
+
+/// The membership as the leader reported it after a change (a follower that forwarded the
+/// change may not have received the new membership yet).
+fn changed_members(c: &crate::membership::MembershipChanged) -> Vec<pb::Member> {
+    to_members(c.nodes.iter().map(|(id, a)| (*id, a.clone())), &c.voters)
 }
 
 fn unsupported(what: &'static str) -> Status {
@@ -88,7 +101,7 @@ impl Cluster for ClusterService {
             })
             .await
             .map_err(ServerError::from)?;
-        let members = self.node.members();
+        let members = changed_members(&changed);
         let member = members.iter().find(|m| m.id == changed.id).cloned();
         Ok(Response::new(pb::MemberAddResponse {
             header: Some(self.header()),
@@ -102,13 +115,14 @@ impl Cluster for ClusterService {
         req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         let id = req.into_inner().id;
-        self.node
+        let changed = self
+            .node
             .change_membership(MembershipChange::Remove { id })
             .await
             .map_err(ServerError::from)?;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: Some(self.header()),
-            members: self.node.members(),
+            members: changed_members(&changed),
         }))
     }
 
@@ -135,13 +149,14 @@ impl Cluster for ClusterService {
         req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         let id = req.into_inner().id;
-        self.node
+        let changed = self
+            .node
             .change_membership(MembershipChange::Promote { id })
             .await
             .map_err(ServerError::from)?;
         Ok(Response::new(pb::MemberPromoteResponse {
             header: Some(self.header()),
-            members: self.node.members(),
+            members: changed_members(&changed),
         }))
     }
 }

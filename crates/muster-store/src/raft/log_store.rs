@@ -179,10 +179,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogId> = self.meta_get(KEY_LAST_PURGED)?;
-        let last = self
-            .reader
-            .last_entry_log_id()?
-            .or_else(|| last_purged.clone());
+        let last = self.reader.last_entry_log_id()?.or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,

@@ -170,11 +170,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                     records.push((k.to_vec(), v.to_vec()));
                 }
             }
-            (
-                records,
-                inner.last_applied.clone(),
-                inner.membership.clone(),
-            )
+            (records, inner.last_applied, inner.membership.clone())
         };
         let data = bincode::serialize(&SnapshotPayload { records }).map_err(io_err)?;
         let meta = SnapshotMeta {
@@ -201,7 +197,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let inner = self.shared.read();
-        Ok((inner.last_applied.clone(), inner.membership.clone()))
+        Ok((inner.last_applied, inner.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
@@ -225,7 +221,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         .apply(log_entry.time_ms, &log_entry.cmd, &mut batch, &mut events)
                         .map_err(io_err)?,
                     EntryPayload::Membership(m) => {
-                        inner.membership = StoredMembership::new(Some(entry.log_id.clone()), m);
+                        inner.membership = StoredMembership::new(Some(entry.log_id), m);
                         empty_response(&inner.mvcc)
                     }
                 };
@@ -301,7 +297,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // The revisions skipped by the snapshot were never published: live watchers
             // re-read them from the new history.
             self.shared.hub.reset(&inner.mvcc);
-            inner.last_applied = meta.last_log_id.clone();
+            inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
         }
         self.db.flush_async().await.map_err(io_err)?;
