@@ -278,6 +278,24 @@ pub enum ClusterCmd {
     Members,
     /// Every endpoint's status (exit 1 when one is unreachable).
     Status,
+    /// Add a member by its gRPC address; prints its id (start it with --node-id ID --join).
+    Add {
+        /// The new node's gRPC address (host:port).
+        peer_url: String,
+        /// Add as a learner (promote it once it caught up).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Promote a learner to voter.
+    Promote {
+        /// Member id (decimal, as `musterd --node-id` takes it).
+        id: u64,
+    },
+    /// Remove a member; it stops serving.
+    Remove {
+        /// Member id (decimal).
+        id: u64,
+    },
 }
 
 /// Parses "500ms", "10s", "1m".

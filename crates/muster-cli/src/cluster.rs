@@ -1,4 +1,4 @@
-//! `muster cluster members|status`.
+//! `muster cluster members|status|add|promote|remove`.
 
 use muster_client::Client;
 use serde_json::json;
@@ -7,8 +7,50 @@ use crate::cli::{ClusterCmd, Format};
 use crate::output::{emit, Table};
 use crate::{CliError, Result};
 
+fn print_members(f: Format, members: &[muster_client::Member]) {
+    emit(
+        f,
+        || {
+            let mut t = Table::new(&["ID", "NAME", "CLIENT_URLS", "LEARNER"]);
+            for m in members {
+                t.row(vec![
+                    m.id.to_string(),
+                    m.name.clone(),
+                    m.client_urls.join(","),
+                    m.is_learner.to_string(),
+                ]);
+            }
+            t
+        },
+        || {
+            let list: Vec<_> = members
+                .iter()
+                .map(|m| json!({"id": m.id, "name": m.name, "client_urls": m.client_urls, "is_learner": m.is_learner}))
+                .collect();
+            json!({"members": list})
+        },
+    );
+}
+
 pub async fn run(client: &Client, f: Format, cmd: ClusterCmd) -> Result<()> {
     match cmd {
+        ClusterCmd::Add { peer_url, learner } => {
+            let m = client.member_add(&peer_url, learner).await?;
+            eprintln!(
+                "start the new node with: musterd --node-id {} --join --listen {peer_url} …",
+                m.id
+            );
+            print_members(f, std::slice::from_ref(&m));
+            Ok(())
+        }
+        ClusterCmd::Promote { id } => {
+            print_members(f, &client.member_promote(id).await?);
+            Ok(())
+        }
+        ClusterCmd::Remove { id } => {
+            print_members(f, &client.member_remove(id).await?);
+            Ok(())
+        }
         ClusterCmd::Members => {
             let members = client.member_list().await?;
             emit(

@@ -380,3 +380,52 @@ async fn usage_and_connection_errors() -> anyhow::Result<()> {
     ensure!(code(&o) == 2 && stderr(&o).contains("TLS"), "{o:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_add_promote_remove() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(3).await?;
+    let eps: Vec<String> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| cluster.addr(id).to_string())
+        .collect();
+    let (addr, listener) = cluster.bind_joiner().await?;
+    let added = json(
+        &eps,
+        &[
+            "cluster",
+            "add",
+            &addr.to_string(),
+            "--learner",
+            "-o",
+            "json",
+        ],
+    )
+    .await?;
+    let id = added["members"][0]["id"]
+        .as_u64()
+        .context("new member id")?;
+    ensure!(added["members"][0]["is_learner"] == true, "{added}");
+    cluster.start_joiner(id, listener).await?;
+    let promoted = json(&eps, &["cluster", "promote", &id.to_string(), "-o", "json"]).await?;
+    let members = promoted["members"].as_array().cloned().unwrap_or_default();
+    ensure!(members.len() == 4, "{promoted}");
+    ensure!(
+        members.iter().all(|m| m["is_learner"] == false),
+        "{promoted}"
+    );
+    let table = expect(&eps, &["cluster", "remove", &id.to_string()], 0).await?;
+    ensure!(
+        !table.contains(&id.to_string()),
+        "removed member still listed: {table}"
+    );
+    // Promoting a member that is not a learner is refused with a clear one-line error.
+    let out = muster(&eps, &["cluster", "promote", "1"]).await?;
+    ensure!(
+        code(&out) != 0 && stderr(&out).lines().count() == 1,
+        "{}",
+        stderr(&out)
+    );
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -12,7 +12,7 @@ use tokio::time::timeout;
 use crate::client::Client;
 use crate::endpoints::{authority, EndpointState};
 use crate::error::ClientError;
-use crate::retry::CallSpec;
+use crate::retry::{CallSpec, Safety};
 
 /// A cluster member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +78,79 @@ impl Client {
                 .map(Member::from)
                 .collect())
         })
+        .await
+    }
+
+    /// Adds a member (`peer_url` = its gRPC `host:port`), as a learner or a voter; returns the
+    /// new member (start it with `musterd --node-id <id> --join`). Never repeated after an
+    /// unknown outcome: each attempt would pick a new id.
+    ///
+    /// # Errors
+    /// Any [`ClientError`]; `FailedPrecondition` when the address is already a member.
+    pub async fn member_add(&self, peer_url: &str, learner: bool) -> Result<Member, ClientError> {
+        let url = peer_url.to_string();
+        self.call(CallSpec::write("member_add", Safety::Unsafe), |a| {
+            let url = url.clone();
+            async move {
+                let r = ClusterClient::new(a.channel.clone())
+                    .member_add(a.request(pb::MemberAddRequest {
+                        peer_ur_ls: vec![url],
+                        is_learner: learner,
+                    }))
+                    .await
+                    .map_err(|s| a.status(s))?
+                    .into_inner();
+                r.member.map(Member::from).ok_or_else(|| {
+                    a.status(tonic::Status::internal(
+                        "member_add reply without the member",
+                    ))
+                })
+            }
+        })
+        .await
+    }
+
+    /// Promotes a learner to voter; returns the members after the change.
+    ///
+    /// # Errors
+    /// Any [`ClientError`]; `FailedPrecondition` when `id` is not a learner.
+    pub async fn member_promote(&self, id: u64) -> Result<Vec<Member>, ClientError> {
+        self.call(
+            CallSpec::write("member_promote", Safety::Overwrite),
+            |a| async move {
+                let r = ClusterClient::new(a.channel.clone())
+                    .member_promote(a.request(pb::MemberPromoteRequest { id }))
+                    .await
+                    .map_err(|s| a.status(s))?;
+                Ok(r.into_inner()
+                    .members
+                    .into_iter()
+                    .map(Member::from)
+                    .collect())
+            },
+        )
+        .await
+    }
+
+    /// Removes a member; returns the members after the change. The removed node stops serving.
+    ///
+    /// # Errors
+    /// Any [`ClientError`]; `FailedPrecondition` when `id` is not a member.
+    pub async fn member_remove(&self, id: u64) -> Result<Vec<Member>, ClientError> {
+        self.call(
+            CallSpec::write("member_remove", Safety::Unsafe),
+            |a| async move {
+                let r = ClusterClient::new(a.channel.clone())
+                    .member_remove(a.request(pb::MemberRemoveRequest { id }))
+                    .await
+                    .map_err(|s| a.status(s))?;
+                Ok(r.into_inner()
+                    .members
+                    .into_iter()
+                    .map(Member::from)
+                    .collect())
+            },
+        )
         .await
     }
 
