@@ -177,13 +177,13 @@ pub async fn run(
                 }
             }
             // Is the key still there? (linearizable read)
-            match clients[on].get(key.as_str(), None).await {
-                Ok(g) if g.kvs().is_empty() => {
+            match tokio::time::timeout(renew_timeout, clients[on].get(key.as_str(), None)).await {
+                Ok(Ok(g)) if g.kvs().is_empty() => {
                     out.vanished.push(vanish(&live, "key missing", ttl_d));
                     continue 'register;
                 }
-                Ok(_) => {}
-                Err(_) => {
+                Ok(Ok(_)) => {}
+                _ => {
                     stream = None;
                     on = (on + 1) % clients.len();
                 }
