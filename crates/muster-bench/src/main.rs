@@ -6,9 +6,18 @@
 //! - `failover`: an in-process 3-node cluster; kills the leader repeatedly and measures the time
 //!   until a new leader is agreed and until a write succeeds again.
 //!
+//! - `lease-grant`: LeaseGrant throughput and latency (the leases are revoked afterwards).
+//! - `keepalive`: N leases kept alive over ONE LeaseKeepAlive stream, R rounds.
+//! - `register`: Registry.Register throughput (persistent instances, distinct ids).
+//! - `watch-latency`: put-ack → receipt latency at W watchers; server memory per watcher.
+//!
 //! Every loop is bounded in count and time; progress is printed once a second.
 
+mod common;
+mod lease;
+mod registry;
 mod stats;
+mod watch;
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +72,71 @@ enum Cmd {
         #[arg(long)]
         production_timing: bool,
     },
+    /// LeaseGrant throughput and latency (raw gRPC, workers spread over the endpoints).
+    LeaseGrant {
+        #[arg(long, env = "MUSTER_ENDPOINTS", default_value = "127.0.0.1:2379")]
+        endpoints: String,
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+        /// Leave the leases (default: revoke them afterwards, timed separately).
+        #[arg(long)]
+        keep: bool,
+        #[arg(long, default_value = "120")]
+        max_secs: u64,
+    },
+    /// Grant N leases (TTL 60), then keep them all alive over ONE LeaseKeepAlive stream.
+    Keepalive {
+        /// The stream goes to the first endpoint; grants are spread over all.
+        #[arg(long, env = "MUSTER_ENDPOINTS", default_value = "127.0.0.1:2379")]
+        endpoints: String,
+        #[arg(long, default_value_t = 1000)]
+        leases: usize,
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Concurrency of the setup grants and cleanup revokes.
+        #[arg(long, default_value_t = 32)]
+        grant_concurrency: usize,
+        #[arg(long, default_value = "120")]
+        max_secs: u64,
+    },
+    /// Registry.Register throughput: persistent instances with distinct instance ids.
+    Register {
+        #[arg(long, env = "MUSTER_ENDPOINTS", default_value = "127.0.0.1:2379")]
+        endpoints: String,
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value = "bench-svc")]
+        service: String,
+        #[arg(long, default_value = "120")]
+        max_secs: u64,
+    },
+    /// Put-ack → receipt latency at W prefix watchers (spread over the endpoints).
+    WatchLatency {
+        /// The writer uses the first endpoint (put the leader first); watch streams use all.
+        #[arg(long, env = "MUSTER_ENDPOINTS", default_value = "127.0.0.1:2379")]
+        endpoints: String,
+        #[arg(long, default_value_t = 1)]
+        watchers: usize,
+        #[arg(long, default_value_t = 200)]
+        events: usize,
+        /// Watchers multiplexed on one Watch stream.
+        #[arg(long, default_value_t = 100)]
+        per_stream: usize,
+        #[arg(long, default_value_t = 128)]
+        value_size: usize,
+        /// Comma-separated musterd pids: VmRSS is read before and after creating the
+        /// watchers (give every node's pid to cover watchers on all endpoints).
+        #[arg(long, value_delimiter = ',')]
+        musterd_pid: Vec<u32>,
+        #[arg(long, default_value = "120")]
+        max_secs: u64,
+    },
 }
 
 #[tokio::main]
@@ -95,6 +169,80 @@ async fn main() -> anyhow::Result<()> {
             rounds,
             production_timing,
         } => bench_failover(rounds, production_timing, args.json).await?,
+        Cmd::LeaseGrant {
+            endpoints,
+            count,
+            concurrency,
+            ttl,
+            keep,
+            max_secs,
+        } => {
+            lease::bench_lease_grant(
+                &common::parse_endpoints(&endpoints),
+                count,
+                concurrency,
+                ttl,
+                Duration::from_secs(max_secs),
+                keep,
+                args.json,
+            )
+            .await?
+        }
+        Cmd::Keepalive {
+            endpoints,
+            leases,
+            rounds,
+            grant_concurrency,
+            max_secs,
+        } => {
+            lease::bench_keepalive(
+                &common::parse_endpoints(&endpoints),
+                leases,
+                rounds,
+                grant_concurrency,
+                Duration::from_secs(max_secs),
+                args.json,
+            )
+            .await?
+        }
+        Cmd::Register {
+            endpoints,
+            count,
+            concurrency,
+            service,
+            max_secs,
+        } => {
+            registry::bench_register(
+                &common::parse_endpoints(&endpoints),
+                count,
+                concurrency,
+                service,
+                Duration::from_secs(max_secs),
+                args.json,
+            )
+            .await?
+        }
+        Cmd::WatchLatency {
+            endpoints,
+            watchers,
+            events,
+            per_stream,
+            value_size,
+            musterd_pid,
+            max_secs,
+        } => {
+            watch::bench_watch_latency(
+                &common::parse_endpoints(&endpoints),
+                watchers,
+                events,
+                per_stream,
+                value_size,
+                &musterd_pid,
+                Duration::from_secs(max_secs),
+                args.json,
+            )
+            .await?
+        }
     }
     Ok(())
 }

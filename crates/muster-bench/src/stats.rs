@@ -25,6 +25,15 @@ impl Samples {
         self.sorted[rank.clamp(1, self.sorted.len()) - 1]
     }
 
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// The `p`-th percentile in milliseconds.
+    pub fn ms(&self, p: f64) -> f64 {
+        self.percentile(p).as_secs_f64() * 1000.0
+    }
+
     pub fn print(&self, what: &str, json: bool) {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let n = self.sorted.len();

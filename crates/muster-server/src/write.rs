@@ -97,6 +97,13 @@ impl Node {
                             reason: e.to_string(),
                         })
                     }
+                    // The node we took for leader refused before appending (leadership
+                    // moved): nothing was proposed, so trying again is safe.
+                    Err(Forwarded::Failed(
+                        RaftPathError::NoLeader | RaftPathError::NotLeader { .. },
+                    )) if Instant::now() < deadline => {
+                        self.wait_for_leader_change(id, deadline).await;
+                    }
                     Err(Forwarded::Failed(e)) => return Err(e),
                     Ok(r) => return Ok(r),
                 },
@@ -206,10 +213,26 @@ impl Node {
                         |mut c, r| async move { c.read_index(r).await },
                     )
                     .await;
-                    break r.map_err(|e| RaftPathError::LeaderUnreachable {
-                        addr,
-                        reason: e.to_string(),
-                    })??;
+                    match r {
+                        Ok(Ok(l)) => break l,
+                        // A read index is not a write: asking again is always safe while the
+                        // leadership settles.
+                        Ok(Err(RaftPathError::NoLeader | RaftPathError::NotLeader { .. }))
+                            if Instant::now() < deadline =>
+                        {
+                            self.wait_for_leader_change(id, deadline).await
+                        }
+                        Err(e) if e.was_not_sent() && Instant::now() < deadline => {
+                            self.wait_for_leader_change(id, deadline).await
+                        }
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => {
+                            return Err(RaftPathError::LeaderUnreachable {
+                                addr,
+                                reason: e.to_string(),
+                            })
+                        }
+                    }
                 }
                 Err(RaftPathError::NoLeader) | Err(RaftPathError::NotLeader { .. }) => {
                     self.wait_for_leader(deadline).await?

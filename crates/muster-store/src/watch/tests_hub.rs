@@ -302,7 +302,7 @@ fn registration_race_loses_no_event() {
                     let (start, range) = match (t + round) % 3 {
                         0 => (0, KeyRange::prefix("k/")),
                         1 => ((current - 5 * round).max(1), KeyRange::prefix("k/")),
-                        _ => (current - 2, KeyRange::single("k/3")),
+                        _ => ((current - 2).max(1), KeyRange::single("k/3")),
                     };
                     let mut s = spec(range.clone(), start);
                     s.queue_events = 5;
