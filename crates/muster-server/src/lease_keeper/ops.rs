@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::deadlines::Renewal;
 use super::{id_from_request_id, LeaseKeeper};
 use crate::error::{RaftPathError, ServerError};
+use crate::grpc::idempotent;
 use crate::network::call;
 
 /// How long a forwarded keep-alive batch or time-to-live query may take.
@@ -42,16 +43,6 @@ pub struct TimeToLive {
     pub keys: Vec<Vec<u8>>,
     /// The leader's store revision when it answered.
     pub revision: i64,
-}
-
-fn with_request_id(cmd: Command, request_id: Option<String>) -> Command {
-    match request_id {
-        Some(request_id) => Command::Idempotent {
-            request_id,
-            cmd: Box::new(cmd),
-        },
-        None => cmd,
-    }
 }
 
 fn unreachable_leader(addr: String, e: crate::network::PeerError) -> RaftPathError {
@@ -86,7 +77,7 @@ impl LeaseKeeper {
             (0, None) => self.ids.next(),
             (id, _) => id,
         };
-        let cmd = with_request_id(Command::LeaseGrant { id, ttl_secs }, request_id);
+        let cmd = idempotent(Command::LeaseGrant { id, ttl_secs }, request_id);
         self.node.config.limits.check_command(&cmd)?;
         let resp = self.node.write(cmd.clone()).await?;
         self.observe(&cmd, &resp);
@@ -105,7 +96,7 @@ impl LeaseKeeper {
 
     /// LeaseRevoke: deletes the lease and its keys in one revision; returns that revision.
     pub async fn revoke(&self, id: i64, request_id: Option<String>) -> Result<i64, ServerError> {
-        let cmd = with_request_id(Command::LeaseRevoke { id }, request_id);
+        let cmd = idempotent(Command::LeaseRevoke { id }, request_id);
         self.node.config.limits.check_command(&cmd)?;
         let resp = self.node.write(cmd.clone()).await?;
         self.observe(&cmd, &resp);
