@@ -309,6 +309,26 @@ async fn kept_alive_lease_survives_three_leader_kills() -> anyhow::Result<()> {
     let id = c.lease_grant(TTL, None).await?.id();
     c.put("ka/key", "v", Some(PutOptions::new().with_lease(id)))
         .await?;
+    // A registry instance with live heartbeats rides the same lease.
+    let mut reg = muster_proto::registrypb::registry_client::RegistryClient::connect(format!(
+        "http://{}",
+        cluster.addr(leader)
+    ))
+    .await?;
+    let instance = muster_proto::registrypb::Instance {
+        service: "ka".into(),
+        address: "10.0.0.1".into(),
+        port: 80,
+        ephemeral: true,
+        ..Default::default()
+    };
+    reg.register(muster_proto::registrypb::RegisterRequest {
+        instance: Some(instance),
+        lease_id: id,
+        ..Default::default()
+    })
+    .await?;
+    let instance_key = "/muster/registry/public/DEFAULT_GROUP/ka/10.0.0.1:80";
 
     // The client: a keep-alive every 500 ms through whichever node answers.
     let addrs: Vec<String> = cluster
@@ -356,6 +376,11 @@ async fn kept_alive_lease_survives_three_leader_kills() -> anyhow::Result<()> {
         .await?;
         let mut c = etcd(&cluster, new_leader).await?;
         assert_eq!(c.get("ka/key", None).await?.count(), 1, "round {round}");
+        assert_eq!(
+            c.get(instance_key, None).await?.count(),
+            1,
+            "round {round}: the instance with live heartbeats survives"
+        );
         let t = c.lease_time_to_live(id, None).await?;
         assert!(t.ttl() > 0, "round {round}: lease alive, ttl {}", t.ttl());
         info!(round, leader, "--- step: restart the killed node");

@@ -96,6 +96,30 @@ async fn register_discover_update_list_deregister() -> anyhow::Result<()> {
         );
     }
 
+    // A serializable Discover is served locally and may lag; it converges.
+    for id in cluster.ids() {
+        let r = registry(&cluster, id).await?;
+        wait_until(
+            Duration::from_secs(10),
+            "serializable discover to converge",
+            || {
+                let mut r = r.clone();
+                async move {
+                    let d = r
+                        .discover(pb::DiscoverRequest {
+                            serializable: true,
+                            ..discover("orders")
+                        })
+                        .await
+                        .ok()?
+                        .into_inner();
+                    (d.instances.len() == 2).then_some(())
+                }
+            },
+        )
+        .await?;
+    }
+
     // The stored value is JSON at the documented key, readable through the etcd API.
     let mut kv = etcd(&cluster, leader).await?;
     let got = kv
