@@ -13,7 +13,15 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::lease_keeper::LeaseKeeper;
 use crate::node::Node;
+
+/// What the HTTP handlers read.
+#[derive(Clone)]
+struct HttpState {
+    node: Arc<Node>,
+    leases: Arc<LeaseKeeper>,
+}
 
 #[derive(Serialize)]
 struct HealthBody {
@@ -35,7 +43,7 @@ fn health_body(node: &Node) -> HealthBody {
     }
 }
 
-async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn health(State(HttpState { node, .. }): State<HttpState>) -> impl IntoResponse {
     let body = health_body(&node);
     let code = if body.leader.is_some() {
         StatusCode::OK
@@ -45,7 +53,7 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
     (code, Json(body))
 }
 
-async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn ready(State(HttpState { node, .. }): State<HttpState>) -> impl IntoResponse {
     let body = health_body(&node);
     let code = if body.leader.is_some() && body.applied_index > 0 {
         StatusCode::OK
@@ -56,16 +64,24 @@ async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 /// Renders the node's gauges. Values are read at scrape time from Raft metrics and the store.
-pub fn render_metrics(node: &Node) -> String {
+pub fn render_metrics(node: &Node, leases: &LeaseKeeper) -> String {
     let m = node.raft.metrics().borrow_watched().clone();
+    let hub = node.sm.hub().stats();
+    let expiry = leases.expiry_stats();
     let revision = node.sm.read().mvcc.current_revision();
     let compact = node.sm.read().mvcc.compact_revision();
     let keys = node.sm.read().mvcc.key_count();
     let mut out = String::new();
+    // Prometheus convention: a `_total` name is a counter, everything else here a gauge.
     let mut gauge = |name: &str, help: &str, v: f64| {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
         let _ = writeln!(
             out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node_id=\"{}\"}} {v}",
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node_id=\"{}\"}} {v}",
             node.id
         );
     };
@@ -110,23 +126,58 @@ pub fn render_metrics(node: &Node) -> String {
         "Size of the sled database on disk.",
         node.db.size_on_disk().unwrap_or(0) as f64,
     );
+    gauge(
+        "muster_watch_watchers",
+        "Registered watchers.",
+        hub.watchers as f64,
+    );
+    gauge(
+        "muster_watch_catching_up",
+        "Watchers being fed from history (fell behind or started in the past).",
+        hub.catching_up as f64,
+    );
+    gauge(
+        "muster_watch_queued_events",
+        "Events held in all live watcher queues.",
+        hub.queued_events as f64,
+    );
+    gauge(
+        "muster_watch_lagged_total",
+        "Times a watcher fell behind and moved to catch-up.",
+        hub.lagged as f64,
+    );
+    gauge(
+        "muster_lease_tracked",
+        "Leases whose deadlines this node tracks (non-zero only on the leader).",
+        leases.tracked() as f64,
+    );
+    gauge(
+        "muster_lease_expired_total",
+        "Leases expired by this node's reaper.",
+        expiry.expired as f64,
+    );
+    gauge(
+        "muster_lease_expiry_lateness_p99_seconds",
+        "p99 of how late recent expiries were applied after their deadline.",
+        expiry.p99_ms as f64 / 1000.0,
+    );
     out
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4")],
-        render_metrics(&node),
+        render_metrics(&st.node, &st.leases),
     )
 }
 
 /// Serves HTTP until the task is aborted.
-pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+pub async fn serve(listener: TcpListener, node: Arc<Node>, leases: Arc<LeaseKeeper>) {
     let app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(node);
+        .with_state(HttpState { node, leases });
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("HTTP server failed: {e}");
     }

@@ -126,7 +126,10 @@ pub async fn start_with_listener(
     let (http_addr, http_task) = match http_listener {
         Some(l) => {
             let a = l.local_addr().map_err(StartError::Storage)?;
-            (Some(a), Some(tokio::spawn(http::serve(l, node.clone()))))
+            (
+                Some(a),
+                Some(tokio::spawn(http::serve(l, node.clone(), leases.clone()))),
+            )
         }
         None => (None, None),
     };
