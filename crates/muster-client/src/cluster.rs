@@ -56,6 +56,10 @@ impl From<pb::Member> for Member {
     }
 }
 
+fn members(list: Vec<pb::Member>) -> Vec<Member> {
+    list.into_iter().map(Member::from).collect()
+}
+
 /// How long one endpoint may take to answer a status probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -72,11 +76,7 @@ impl Client {
                 }))
                 .await
                 .map_err(|s| a.status(s))?;
-            Ok(r.into_inner()
-                .members
-                .into_iter()
-                .map(Member::from)
-                .collect())
+            Ok(members(r.into_inner().members))
         })
         .await
     }
@@ -122,11 +122,7 @@ impl Client {
                     .member_promote(a.request(pb::MemberPromoteRequest { id }))
                     .await
                     .map_err(|s| a.status(s))?;
-                Ok(r.into_inner()
-                    .members
-                    .into_iter()
-                    .map(Member::from)
-                    .collect())
+                Ok(members(r.into_inner().members))
             },
         )
         .await
@@ -144,11 +140,7 @@ impl Client {
                     .member_remove(a.request(pb::MemberRemoveRequest { id }))
                     .await
                     .map_err(|s| a.status(s))?;
-                Ok(r.into_inner()
-                    .members
-                    .into_iter()
-                    .map(Member::from)
-                    .collect())
+                Ok(members(r.into_inner().members))
             },
         )
         .await
