@@ -3,6 +3,8 @@
 #   etcdctl        Debian package etcd-client (3.4); the etcdctl compatibility tests run it.
 #   protoc         Debian package protobuf-compiler; the etcd-client crate's build script
 #                  (a dependency of the tests crate) needs it. Our own protos use a vendored protoc.
+#   libprotobuf-dev the well-known types (google/protobuf/descriptor.proto) etcd-client's
+#                  protos import; protobuf-compiler only recommends it.
 #   cargo-nextest  the test runner (cargo install --locked cargo-nextest).
 # Uses apt-get, as root or through sudo. Prints what it installs; installs nothing already there.
 set -euo pipefail
@@ -33,6 +35,9 @@ if [[ -n "${PROTOC:-}" ]]; then
     [[ -x "$PROTOC" ]] || die "PROTOC=$PROTOC is set but is not an executable"
 elif ! command -v protoc >/dev/null; then
     packages+=(protobuf-compiler)
+fi
+if [[ -z "${PROTOC_INCLUDE:-}" && ! -e /usr/include/google/protobuf/descriptor.proto ]]; then
+    packages+=(libprotobuf-dev)
 fi
 
 if ((${#packages[@]} > 0)); then

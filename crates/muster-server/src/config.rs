@@ -42,6 +42,10 @@ pub struct NodeConfig {
     pub lease: LeaseConfig,
     /// Watch streams: progress notifications, per-stream and per-watcher bounds.
     pub watch: WatchConfig,
+    /// sled's page cache bound, in bytes. Current values and the key index are in memory
+    /// anyway (the MVCC index), so the cache mostly serves the log tail and old revisions;
+    /// sled's own default (1 GiB) would only grow the node's RSS.
+    pub store_cache_bytes: u64,
 }
 
 /// Watch streams. Memory bound: per watcher, a live queue of at most `queue_events` events
@@ -180,6 +184,7 @@ impl Default for NodeConfig {
             join: false,
             lease: LeaseConfig::default(),
             watch: WatchConfig::default(),
+            store_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }

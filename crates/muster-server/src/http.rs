@@ -121,6 +121,36 @@ pub fn render_metrics(node: &Node, leases: &LeaseKeeper) -> String {
         compact as f64,
     );
     gauge("muster_store_keys", "Live keys.", keys as f64);
+    let batching = [
+        (
+            node.proposer.stats(),
+            (
+                "muster_proposed_commands_total",
+                "Commands this node proposed to its Raft (as leader).",
+            ),
+            (
+                "muster_proposal_entries_total",
+                "Log entries those commands were batched into.",
+            ),
+        ),
+        (
+            node.forwarders.stats(),
+            (
+                "muster_forwarded_commands_total",
+                "Writes this node forwarded to the leader (as follower).",
+            ),
+            (
+                "muster_forward_calls_total",
+                "Forward calls those writes were batched into.",
+            ),
+        ),
+    ];
+    for (stats, (commands, commands_help), (sends, sends_help)) in batching {
+        let load =
+            |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        gauge(commands, commands_help, load(&stats.commands));
+        gauge(sends, sends_help, load(&stats.sends));
+    }
     gauge(
         "muster_store_db_bytes",
         "Size of the sled database on disk.",

@@ -7,6 +7,7 @@
 //! - [`server`]: binds ports, starts the node, serves every service.
 //! - [`node`]: opens storage and Raft, bootstraps the cluster; the handles services use.
 //! - [`read`]: the read path (read-index barrier, then the local state machine).
+//! - [`propose`]: proposal batching, the one door into the local Raft.
 //! - [`write`]: the write path (leader or one-hop forward) and the linearizable-read barrier.
 //! - [`lease_keeper`]: leader-only lease deadlines, the expiry reaper, lease operations.
 //! - [`membership`]: member add/promote/remove on the leader (forwarded from followers).
@@ -24,6 +25,7 @@ pub mod lease_keeper;
 pub mod membership;
 pub mod network;
 pub mod node;
+pub mod propose;
 pub mod read;
 pub mod server;
 pub mod write;

@@ -12,6 +12,7 @@ use openraft::{BasicNode, SnapshotPolicy};
 
 use crate::config::NodeConfig;
 use crate::network::{NetworkFactory, PeerChannels};
+use crate::propose::Proposer;
 
 /// Failure to start a node.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,10 @@ pub enum StartError {
 pub struct Node {
     pub id: NodeId,
     pub raft: Raft,
+    /// Batches this node's proposals into log entries (see [`crate::propose`]).
+    pub proposer: Proposer,
+    /// A follower's batched forwards to the leader.
+    pub forwarders: crate::write::Forwarders,
     pub sm: Arc<SmShared>,
     pub config: NodeConfig,
     /// The address peers and clients reach this node at.
@@ -64,6 +69,7 @@ impl Node {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(config.store_cache_bytes)
             .open()?;
         let log_store = SledLogStore::open(&db)?;
         let sm = StateMachineStore::open(&db, dir)?;
@@ -101,6 +107,8 @@ impl Node {
 
         let node = Arc::new(Node {
             id: config.node_id,
+            proposer: Proposer::start(raft.clone()),
+            forwarders: Default::default(),
             raft,
             sm: shared,
             cluster_id: config.cluster_id(),
@@ -170,7 +178,8 @@ impl Node {
 
     /// The current leader's id and address, if known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
         let id = m.current_leader?;
         let addr = m
             .membership_config

@@ -10,73 +10,119 @@
 //! that far and serves locally.
 
 use openraft::async_runtime::watch::WatchReceiver;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use muster_store::raft::{LogId, TypeConfig};
-use muster_types::{Command, CommandResponse, LogEntry};
-use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
+use muster_store::raft::LogId;
+use muster_types::{Command, CommandResponse};
+use openraft::error::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
 use tokio::time::Instant;
 
 use crate::error::RaftPathError;
 use crate::network::call;
+use crate::network::PeerChannels;
 use crate::node::Node;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn not_leader(f: &ForwardToLeader<TypeConfig>) -> RaftPathError {
-    if f.leader_id.is_none() {
-        return RaftPathError::NoLeader;
-    }
-    RaftPathError::NotLeader {
-        leader_id: f.leader_id,
-        leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
-    }
-}
+use crate::propose::{not_leader, BatchQueue, BatchStats};
+use std::sync::Arc;
 
 /// How a forwarded write failed.
+#[derive(Clone)]
 enum Forwarded {
     /// No connection to the leader could be made: the request was not delivered.
-    NotSent(crate::network::PeerError),
+    NotSent(String),
     /// The leader answered with an error, or the outcome is unknown.
     Failed(RaftPathError),
+}
+
+fn forward_internal(reason: String) -> Forwarded {
+    Forwarded::Failed(RaftPathError::Internal { reason })
+}
+
+/// A follower's forward queues, one per leader address: concurrent writes on a follower travel
+/// to the leader as one `Forward` call carrying a [`Command::Batch`] (see [`crate::propose`]).
+#[derive(Default)]
+pub struct Forwarders {
+    queues: std::sync::Mutex<std::collections::HashMap<String, BatchQueue<Forwarded>>>,
+    stats: Arc<BatchStats>,
+}
+
+impl Forwarders {
+    /// Commands forwarded and the `Forward` calls that carried them.
+    pub fn stats(&self) -> &BatchStats {
+        &self.stats
+    }
+
+    fn queue(&self, peers: &Arc<PeerChannels>, addr: &str) -> BatchQueue<Forwarded> {
+        let mut queues = self
+            .queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(q) = queues.get(addr) {
+            return q.clone();
+        }
+        // Leaders change rarely and addresses are members': the map stays small, but drop
+        // queues of other addresses so a long-lived follower does not collect them.
+        queues.clear();
+        let (peers, target) = (peers.clone(), addr.to_string());
+        let q = BatchQueue::start(
+            move |cmd| forward_one(peers.clone(), target.clone(), cmd),
+            forward_internal,
+            self.stats.clone(),
+        );
+        queues.insert(addr.to_string(), q.clone());
+        q
+    }
+}
+
+async fn forward_one(
+    peers: Arc<PeerChannels>,
+    addr: String,
+    cmd: Command,
+) -> Result<CommandResponse, Forwarded> {
+    tracing::debug!(leader = addr, cmd = cmd.name(), "forwarding write");
+    let r: Result<Result<CommandResponse, RaftPathError>, _> = call(
+        &peers,
+        &addr,
+        FORWARD_TIMEOUT,
+        &cmd,
+        |mut c, r| async move { c.forward(r).await },
+    )
+    .await;
+    match r {
+        Ok(inner) => inner.map_err(Forwarded::Failed),
+        Err(e) if e.was_not_sent() => Err(Forwarded::NotSent(e.to_string())),
+        // The request may have reached the leader before the connection broke.
+        Err(e) => Err(Forwarded::Failed(RaftPathError::LeaderUnreachable {
+            addr,
+            reason: e.to_string(),
+        })),
+    }
 }
 
 /// How long one forwarded request may take before the follower gives up on it.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Node {
-    /// Proposes `cmd` on this node's Raft; fails with NotLeader when it does not lead.
+    /// Proposes `cmd` on this node's Raft (batched with concurrent proposals, see
+    /// [`crate::propose`]); fails with NotLeader when it does not lead.
     pub async fn write_local(&self, cmd: Command) -> Result<CommandResponse, RaftPathError> {
-        let entry = LogEntry {
-            time_ms: now_ms(),
-            cmd,
-        };
-        match self.raft.client_write(entry).await {
-            Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(&f)),
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                Err(RaftPathError::CommitUnknown)
-            }
-            Err(RaftError::APIError(e)) => Err(RaftPathError::Internal {
-                reason: e.to_string(),
-            }),
-            Err(RaftError::Fatal(f)) => Err(RaftPathError::Fatal {
-                reason: f.to_string(),
-            }),
-        }
+        self.proposer.propose(cmd).await
     }
 
     /// Applies `cmd` through the cluster: locally if leader, else forwarded one hop.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, RaftPathError> {
         let deadline = Instant::now() + self.config.leader_wait;
         loop {
-            match self.write_local(cmd.clone()).await {
+            // A follower that knows the leader forwards at once; proposing locally first would
+            // only cost a round trip through its Raft to learn the same thing.
+            let local = match self.leader() {
+                Some((id, addr)) if id != self.id => Err(RaftPathError::NotLeader {
+                    leader_id: Some(id),
+                    leader_addr: Some(addr),
+                }),
+                _ => self.write_local(cmd.clone()).await,
+            };
+            match local {
                 Err(RaftPathError::NotLeader {
                     leader_id: Some(id),
                     leader_addr: Some(addr),
@@ -92,10 +138,7 @@ impl Node {
                         self.wait_for_leader_change(id, deadline).await;
                     }
                     Err(Forwarded::NotSent(e)) => {
-                        return Err(RaftPathError::LeaderUnreachable {
-                            addr,
-                            reason: e.to_string(),
-                        })
+                        return Err(RaftPathError::LeaderUnreachable { addr, reason: e })
                     }
                     // The node we took for leader refused before appending (leadership
                     // moved): nothing was proposed, so trying again is safe.
@@ -127,29 +170,10 @@ impl Node {
     }
 
     async fn forward(&self, addr: &str, cmd: &Command) -> Result<CommandResponse, Forwarded> {
-        tracing::debug!(
-            node_id = self.id,
-            leader = addr,
-            cmd = cmd.name(),
-            "forwarding write"
-        );
-        let r: Result<Result<CommandResponse, RaftPathError>, _> = call(
-            &self.peers,
-            addr,
-            FORWARD_TIMEOUT,
-            cmd,
-            |mut c, r| async move { c.forward(r).await },
-        )
-        .await;
-        match r {
-            Ok(inner) => inner.map_err(Forwarded::Failed),
-            Err(e) if e.was_not_sent() => Err(Forwarded::NotSent(e)),
-            // The request may have reached the leader before the connection broke.
-            Err(e) => Err(Forwarded::Failed(RaftPathError::LeaderUnreachable {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })),
-        }
+        self.forwarders
+            .queue(&self.peers, addr)
+            .submit(cmd.clone(), forward_internal)
+            .await
     }
 
     /// Waits until some node is known as leader, or fails with NoLeader at `deadline`.

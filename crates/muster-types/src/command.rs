@@ -48,6 +48,11 @@ pub enum Command {
         request_id: String,
         cmd: Box<Command>,
     },
+    /// Several independent client commands proposed together as one log entry (the leader's
+    /// proposal batching). Applied in order, each exactly as if it were its own entry: each one
+    /// that writes gets its own revision; the response is [`crate::ResponseBody::Batch`] with
+    /// one response per command.
+    Batch(Vec<Command>),
 }
 
 /// How long (in leader time, [`LogEntry::time_ms`]) the applier remembers a request id.
@@ -65,6 +70,48 @@ impl Command {
             Command::LeaseRevoke { .. } => "lease_revoke",
             Command::LeaseExpire { .. } => "lease_expire",
             Command::Idempotent { cmd, .. } => cmd.name(),
+            Command::Batch(_) => "batch",
+        }
+    }
+
+    /// A cheap estimate of the command's encoded size in bytes (keys and values dominate), used
+    /// to bound proposal batches without encoding them twice.
+    pub fn approx_size(&self) -> usize {
+        const FIXED: usize = 32;
+        fn ops_size(ops: &[TxnOp]) -> usize {
+            ops.iter()
+                .map(|op| match op {
+                    TxnOp::Range(r) => FIXED + r.range.key.len() + r.range.range_end.len(),
+                    TxnOp::Put(p) => FIXED + p.key.len() + p.value.len(),
+                    TxnOp::DeleteRange(d) => FIXED + d.range.key.len() + d.range.range_end.len(),
+                    TxnOp::Txn(t) => txn_size(t),
+                })
+                .sum()
+        }
+        fn txn_size(t: &TxnRequest) -> usize {
+            let compares: usize = t
+                .compare
+                .iter()
+                .map(|c| {
+                    let operand = match &c.target {
+                        CompareTarget::Value(v) => v.len(),
+                        _ => 8,
+                    };
+                    FIXED + c.range.key.len() + c.range.range_end.len() + operand
+                })
+                .sum();
+            FIXED + compares + ops_size(&t.success) + ops_size(&t.failure)
+        }
+        match self {
+            Command::Put(p) => FIXED + p.key.len() + p.value.len(),
+            Command::DeleteRange(d) => FIXED + d.range.key.len() + d.range.range_end.len(),
+            Command::Txn(t) => txn_size(t),
+            Command::Compact { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. } => FIXED,
+            Command::LeaseExpire { ids } => FIXED + 8 * ids.len(),
+            Command::Idempotent { request_id, cmd } => FIXED + request_id.len() + cmd.approx_size(),
+            Command::Batch(cmds) => FIXED + cmds.iter().map(Command::approx_size).sum::<usize>(),
         }
     }
 }

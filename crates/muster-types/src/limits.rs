@@ -135,6 +135,7 @@ impl Limits {
                 }
                 self.check_command(cmd)
             }
+            Command::Batch(cmds) => cmds.iter().try_for_each(|c| self.check_command(c)),
         }
     }
 }

@@ -57,6 +57,8 @@ pub enum ResponseBody {
     },
     /// A membership or blank entry: nothing for a client.
     Empty,
+    /// One response per command of a [`crate::Command::Batch`], in order.
+    Batch(Vec<CommandResponse>),
 }
 
 /// What applying one log entry returns: the store revision after it, and the outcome.

@@ -113,9 +113,16 @@ impl LeaseKeeper {
     /// follower forwarded), so a new lease's deadline starts now rather than at the next
     /// reconcile. Ignored unless this node's keeper is active.
     pub fn observe(&self, cmd: &Command, resp: &CommandResponse) {
-        let cmd = match cmd {
-            Command::Idempotent { cmd, .. } => cmd.as_ref(),
-            other => other,
+        let cmd = match (cmd, &resp.result) {
+            // A follower's batched forward: each command has its own response.
+            (Command::Batch(cmds), Ok(ResponseBody::Batch(resps))) => {
+                for (c, r) in cmds.iter().zip(resps) {
+                    self.observe(c, r);
+                }
+                return;
+            }
+            (Command::Idempotent { cmd, .. }, _) => cmd.as_ref(),
+            (other, _) => other,
         };
         let mut st = self.state();
         let Some(l) = st.as_mut() else { return };

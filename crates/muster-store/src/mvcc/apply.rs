@@ -66,6 +66,16 @@ impl Mvcc {
         batch: &mut sled::Batch,
         events: &mut Vec<Event>,
     ) -> Result<CommandResponse, StoreError> {
+        if let Command::Batch(cmds) = cmd {
+            let mut responses = Vec::with_capacity(cmds.len());
+            for sub in cmds {
+                responses.push(self.apply(time_ms, sub, batch, events)?);
+            }
+            return Ok(CommandResponse {
+                revision: self.current_revision,
+                result: Ok(ResponseBody::Batch(responses)),
+            });
+        }
         self.history.settle()?;
         // Lease deadlines live in the leader's memory; the only use of time here is forgetting
         // request ids, by the entry's leader time, so every node forgets at the same entry.
@@ -86,7 +96,9 @@ impl Mvcc {
             }
             Command::LeaseRevoke { id } => self.apply_lease_revoke(&mut w, *id)?,
             Command::LeaseExpire { ids } => self.apply_lease_expire(&mut w, ids)?,
-            Command::Idempotent { .. } => unreachable!("unwrapped before dispatch"),
+            Command::Idempotent { .. } | Command::Batch(_) => {
+                unreachable!("unwrapped before dispatch")
+            }
         };
         if w.changed() {
             self.current_revision = w.main;

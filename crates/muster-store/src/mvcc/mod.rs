@@ -30,6 +30,8 @@ mod txn;
 #[cfg(test)]
 mod test_util;
 #[cfg(test)]
+mod tests_batch;
+#[cfg(test)]
 mod tests_dedup;
 #[cfg(test)]
 mod tests_history;
