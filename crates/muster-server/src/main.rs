@@ -11,11 +11,6 @@ use clap::Parser;
 use muster_server::NodeConfig;
 use tracing_subscriber::EnvFilter;
 
-// The write path allocates per request (protobuf, bincode, sled nodes); mimalloc's thread-local
-// free lists cost less than glibc malloc there (it was ~20% of the leader's CPU under load).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "musterd",
