@@ -20,10 +20,15 @@ also on failure or Ctrl-C), print the summary.
 While writers put unique keys, a CAS incrementer bumps a counter, a watcher follows the whole
 prefix (resuming on another node when its stream breaks) and registrants keep lease-backed keys
 alive, the nemesis repeatedly picks a fault from a seeded RNG — docker kill + start, docker
-pause/unpause, or docker network disconnect/connect of the leader or a follower — holds it,
-heals it and waits for the cluster to converge. Afterwards every node's state is read and
-checked: lost writes, replica divergence, counter (acked <= final <= acked+unknown), watch gaps,
-duplicates and ordering, spurious and late lease expiries. Every anomaly count must be 0.
+pause/unpause, or docker network disconnect/connect of the leader or a follower; or a membership
+change: add a 4th node (MemberAdd as learner, 'docker run' of the image on the compose network
+with --join, catch up, promote, hold, MemberRemove, delete), or replace a follower (MemberRemove,
+delete its container and volume, add it back under a new id at the same address) — holds it,
+heals it and waits for the cluster to converge. Afterwards the state of every node that is a
+member at the end is read and checked: lost writes, replica divergence, counter
+(acked <= final <= acked+unknown), watch gaps, duplicates and ordering, spurious and late lease
+expiries, removed nodes that kept running, member lists that disagree. Every anomaly count must
+be 0.
 
 Options:
   --duration SECS  How long faults are injected (default 60; the run takes ~1 min longer).
@@ -32,6 +37,7 @@ Options:
   --out DIR        Where to keep the summary (summary.txt, summary.json) and, on failure, the
                    node logs (default <repo>/target/chaos/<seed>-<time>).
   --no-build       Do not build; use the existing image and muster-chaos binary.
+  --no-membership  Leave the membership faults out of the schedule.
   --keep           Leave the cluster up afterwards (remove it with 'down -v' yourself).
   -h, --help       Show this help.
   -- ARGS          Passed to muster-chaos as is (see: muster-chaos --help), e.g.
@@ -55,6 +61,7 @@ PROJECT=muster-chaos
 OUT=""
 BUILD=1
 KEEP=0
+MEMBERSHIP=1
 EXTRA=()
 while (($# > 0)); do
     case "$1" in
@@ -81,6 +88,7 @@ while (($# > 0)); do
             shift
             ;;
         --no-build) BUILD=0 ;;
+        --no-membership) MEMBERSHIP=0 ;;
         --keep) KEEP=1 ;;
         -h | --help)
             usage
@@ -114,6 +122,15 @@ compose() { "${COMPOSE[@]}" -p "$PROJECT" -f "$COMPOSE_FILE" "$@"; }
 client_port() { local v="MUSTER_PORT_$1"; printf '%s' "${!v:-2379$1}"; }
 http_port() { local v="MUSTER_HTTP_PORT_$1"; printf '%s' "${!v:-2381$1}"; }
 csv() { local IFS=,; printf '%s' "$*"; }
+# Nodes the nemesis started itself ('docker run', labelled with the project; see
+# crates/muster-chaos/src/docker.rs). They sit on the compose network, so they go before 'down'.
+run_nodes() { docker ps -aq --filter "label=muster-chaos.project=$PROJECT"; }
+remove_run_nodes() {
+    local ids=()
+    mapfile -t ids < <(run_nodes 2>/dev/null)
+    ((${#ids[@]} == 0)) || docker rm --force --volumes "${ids[@]}" >/dev/null 2>&1 ||
+        say "warning: could not remove containers ${ids[*]}"
+}
 
 RC=1
 cleanup() {
@@ -123,12 +140,18 @@ cleanup() {
     if ((RC != 0)) && [[ -d "$OUT" ]]; then
         compose ps >"$OUT/containers.txt" 2>&1 || true
         compose logs --no-color --timestamps >"$OUT/nodes.log" 2>&1 || true
+        local id
+        for id in $(run_nodes 2>/dev/null); do
+            printf '\n==== %s (started by the nemesis)\n' "$(docker inspect --format '{{.Name}}' "$id" 2>/dev/null)"
+            docker logs --timestamps "$id" 2>&1 || true
+        done >>"$OUT/nodes.log"
         say "node logs kept in $OUT/nodes.log"
     fi
     if ((KEEP)); then
-        say "--keep: project $PROJECT left up; remove it with: ${COMPOSE[*]} -p $PROJECT -f $COMPOSE_FILE down -v"
+        say "--keep: project $PROJECT left up; remove it with: docker rm -f -v \$(docker ps -aq --filter label=muster-chaos.project=$PROJECT); ${COMPOSE[*]} -p $PROJECT -f $COMPOSE_FILE down -v"
     else
         say "==> tearing down (down -v)"
+        remove_run_nodes
         compose down -v --remove-orphans -t 5 >&2 2>&1 || say "warning: 'down -v' failed; check 'docker ps -a'"
     fi
     if [[ -f "$OUT/summary.txt" ]]; then
@@ -168,8 +191,10 @@ main() {
     done
 
     say "==> fresh cluster: project $PROJECT (${COMPOSE[*]})"
+    remove_run_nodes
     compose down -v --remove-orphans -t 5 >/dev/null 2>&1 || true
     compose up -d >&2
+    ((MEMBERSHIP)) || EXTRA=(--no-membership-faults "${EXTRA[@]}")
 
     say "==> muster-chaos: seed $SEED, faults for ${DURATION}s; output in $OUT"
     set +e

@@ -1,16 +1,20 @@
 //! Process-level chaos (seconds, part of the ordinary suite): writers, compare-and-swap
-//! incrementers and a resuming watcher run while a nemesis kills, restarts and isolates nodes.
-//! Afterwards: every acknowledged write is present on every node; the CAS counter equals the
-//! acknowledged increments (within the unknown outcomes); the watcher saw every counter value in
-//! order with no gap or duplicate, and every acknowledged key.
+//! incrementers, a resuming watcher and recorded register clients run while a nemesis kills,
+//! restarts and isolates nodes. Afterwards: every acknowledged write is present on every node;
+//! the CAS counter equals the acknowledged increments (within the unknown outcomes); the watcher
+//! saw every counter value in order with no gap or duplicate, and every acknowledged key; the
+//! registers' history is linearizable (the docker chaos checker's own checker, per key).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use muster_chaos::linearizability::{self, Budget};
+use muster_chaos::workload::{self, registers, watcher};
 use muster_tests::Cluster;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 const CHAOS: Duration = Duration::from_secs(8);
@@ -79,56 +83,6 @@ async fn incrementer(eps: Vec<String>, stop: Arc<AtomicBool>) -> anyhow::Result<
     Ok((acked, unknown))
 }
 
-/// Watches `chaos/` from revision 1, resuming on another node from last revision + 1 when its
-/// stream breaks; returns every (revision, key, value) seen.
-async fn watcher(
-    eps: Vec<String>,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<Vec<(i64, String, String)>> {
-    let mut seen = Vec::new();
-    let mut next_rev = 1;
-    let mut ep = 0;
-    let deadline = Instant::now() + CHAOS + T;
-    while Instant::now() < deadline {
-        let Ok(mut c) = client(&eps[ep % eps.len()..=ep % eps.len()]).await else {
-            ep += 1;
-            continue;
-        };
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(next_rev);
-        let Ok(mut stream) = c.watch("chaos/", Some(opts)).await else {
-            ep += 1;
-            continue;
-        };
-        loop {
-            let msg = match tokio::time::timeout(Duration::from_secs(1), stream.message()).await {
-                Err(_) if stop.load(Ordering::Relaxed) => return Ok(seen),
-                Err(_) => continue,
-                Ok(Ok(Some(m))) => m,
-                Ok(_) => break,
-            };
-            anyhow::ensure!(
-                msg.compact_revision() == 0,
-                "history was compacted under the watcher"
-            );
-            for e in msg.events() {
-                let Some(kv) = e.kv() else { continue };
-                if e.event_type() == EventType::Put {
-                    seen.push((
-                        kv.mod_revision(),
-                        kv.key_str()?.to_string(),
-                        kv.value_str()?.to_string(),
-                    ));
-                }
-                next_rev = kv.mod_revision() + 1;
-            }
-        }
-        ep += 1;
-    }
-    Ok(seen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_loses_no_acknowledged_write_and_no_watch_event() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(3).await?;
@@ -138,7 +92,23 @@ async fn chaos_loses_no_acknowledged_write_and_no_watch_event() -> anyhow::Resul
         .map(|w| tokio::spawn(writer(eps.clone(), w, stop.clone())))
         .collect();
     let inc = tokio::spawn(incrementer(eps.clone(), stop.clone()));
-    let watch = tokio::spawn(watcher(eps.clone(), stop.clone()));
+    let settings = workload::Settings {
+        endpoints: eps.clone(),
+        op_timeout: Duration::from_secs(3),
+        max_ops: 1_000_000,
+    };
+    // The resuming watcher of the docker chaos checker; it runs until it has seen the final
+    // revision (sent once the cluster converged), with this bound.
+    let (target_tx, target_rx) = tokio::sync::watch::channel(None);
+    let watch_deadline = Instant::now() + CHAOS + T * 3;
+    let watch = tokio::spawn(watcher::run(settings.clone(), target_rx, watch_deadline));
+    // Register clients give up sooner: more operations, and more unknown outcomes, per fault.
+    let stop_registers = CancellationToken::new();
+    let lin_settings = workload::Settings {
+        op_timeout: Duration::from_secs(1),
+        ..settings
+    };
+    let regs = tokio::spawn(registers::run(lin_settings, 3, 4, stop_registers.clone()));
 
     // The nemesis. Holding a fault for a while IS the scenario, hence the sleeps below.
     let mut faults = Vec::new();
@@ -177,13 +147,33 @@ async fn chaos_loses_no_acknowledged_write_and_no_watch_event() -> anyhow::Resul
         }
     }
     stop.store(true, Ordering::Relaxed);
+    stop_registers.cancel();
     let mut acked_keys = BTreeSet::new();
     for w in writers {
         acked_keys.extend(w.await??);
     }
     let (acked_incs, unknown_incs) = inc.await??;
+    let histories = regs.await??;
     cluster.wait_converged(T).await?;
-    let seen = watch.await??;
+    let final_rev = client(&eps)
+        .await?
+        .get(COUNTER, None)
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
+    let _ = target_tx.send(Some(final_rev));
+    let watched = watch.await??;
+    assert!(
+        watched.caught_up && !watched.compacted,
+        "the watcher reached revision {final_rev} (it stopped at {}) on uncompacted history",
+        watched.next_revision - 1
+    );
+    let seen: Vec<(i64, String, String)> = watched
+        .events
+        .into_iter()
+        .filter(|e| !e.delete)
+        .map(|e| (e.revision, e.key, e.value))
+        .collect();
     info!(
         faults = faults.len(),
         writes = acked_keys.len(),
@@ -263,6 +253,27 @@ async fn chaos_loses_no_acknowledged_write_and_no_watch_event() -> anyhow::Resul
     assert!(
         acked_keys.iter().all(|k| watched.contains(k.as_str())),
         "the watcher saw every acknowledged key"
+    );
+    // The registers: linearizable, every key decided.
+    let lin =
+        tokio::task::spawn_blocking(move || linearizability::check(&histories, &Budget::default()))
+            .await?;
+    info!(
+        ok = lin.ops_ok(),
+        unknown = lin.ops_unknown(),
+        keys = lin.keys.len(),
+        steps = lin.steps(),
+        ms = lin.elapsed.as_millis() as u64,
+        "--- linearizability"
+    );
+    assert!(
+        lin.violations() == 0 && lin.undecided() == 0,
+        "{}",
+        lin.problems().join("\n")
+    );
+    assert!(
+        lin.keys.len() == 4 && lin.ops_ok() > 10,
+        "the register clients made progress"
     );
     cluster.shutdown().await;
     Ok(())

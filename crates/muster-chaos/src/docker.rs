@@ -1,8 +1,11 @@
 //! The nemesis's hands: the `docker` CLI, one bounded command at a time. Containers are found
 //! by the labels every Compose implementation (v1 `docker-compose` and v2 `docker compose`)
-//! puts on them, so container names never need to be guessed.
+//! puts on them, so container names never need to be guessed. Nodes added by membership faults
+//! are started with `docker run` beside the compose ones (same image and network) and carry the
+//! label [`RUN_LABEL`], by which `scripts/chaos.sh` removes them.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -10,6 +13,23 @@ use tokio::process::Command;
 
 /// How long one docker command may take before it is killed and reported as failed.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Label (`RUN_LABEL=<compose project>`) on every container the checker starts itself.
+pub const RUN_LABEL: &str = "muster-chaos.project";
+
+/// The node's ports inside its container: gRPC (clients and peers) and HTTP (/health).
+pub const CLIENT_PORT: &str = "2379/tcp";
+pub const HTTP_PORT: &str = "2381/tcp";
+
+/// Node settings a joining node must not inherit from the container it is modelled on: it gets
+/// its id, `--join` and address on the command line, and an initial cluster that does not list
+/// its id is refused.
+const NOT_INHERITED: [&str; 4] = [
+    "MUSTER_INITIAL_CLUSTER=",
+    "MUSTER_NODE_ID=",
+    "MUSTER_JOIN=",
+    "MUSTER_ADVERTISE=",
+];
 
 /// Runs `docker …` commands.
 #[derive(Debug, Clone)]
@@ -32,6 +52,31 @@ pub struct Container {
     pub aliases: Vec<String>,
     /// Static IPv4 address on that network, if the compose file fixes one.
     pub ipv4: Option<String>,
+    /// Image id it runs.
+    pub image: String,
+    /// Its environment (`KEY=value`; the image's defaults included).
+    pub env: Vec<String>,
+    /// Configured host bindings of published ports: container port ([`CLIENT_PORT`]) → host
+    /// `ip:port` (port empty when Docker picks one).
+    pub bindings: BTreeMap<String, String>,
+    /// The volume mounted at `/data` (named by compose, or anonymous).
+    pub data_volume: Option<String>,
+}
+
+/// A node container the checker starts itself, modelled on a compose node: same image,
+/// environment and network; a member added with MemberAdd, so it runs with `--join`.
+#[derive(Debug, Clone)]
+pub struct RunSpec<'a> {
+    /// The container whose image, environment and network to use.
+    pub template: &'a Container,
+    /// Compose project (container name prefix and [`RUN_LABEL`] value).
+    pub project: &'a str,
+    /// DNS alias on the network and hostname; peers reach the node at `{alias}:2379`.
+    pub alias: &'a str,
+    /// The Raft id MemberAdd assigned.
+    pub node_id: u64,
+    /// Host bindings like [`Container::bindings`] (`127.0.0.1:` lets Docker pick the port).
+    pub bindings: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -40,14 +85,69 @@ struct Inspect {
     id: String,
     #[serde(rename = "Name")]
     name: String,
+    #[serde(rename = "Image")]
+    image: String,
+    #[serde(rename = "Config")]
+    config: Config,
+    #[serde(rename = "HostConfig")]
+    host_config: HostConfig,
+    #[serde(rename = "Mounts", default)]
+    mounts: Vec<Mount>,
     #[serde(rename = "NetworkSettings")]
     network_settings: NetworkSettings,
 }
 
 #[derive(Deserialize)]
+struct Config {
+    #[serde(rename = "Env", default)]
+    env: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct HostConfig {
+    #[serde(rename = "PortBindings", default)]
+    port_bindings: Option<BTreeMap<String, Option<Vec<Binding>>>>,
+}
+
+#[derive(Deserialize)]
+struct Binding {
+    #[serde(rename = "HostIp", default)]
+    host_ip: String,
+    #[serde(rename = "HostPort", default)]
+    host_port: String,
+}
+
+#[derive(Deserialize)]
+struct Mount {
+    #[serde(rename = "Type", default)]
+    kind: String,
+    #[serde(rename = "Name", default)]
+    name: Option<String>,
+    #[serde(rename = "Destination", default)]
+    destination: String,
+}
+
+#[derive(Deserialize)]
 struct NetworkSettings {
     #[serde(rename = "Networks")]
-    networks: std::collections::BTreeMap<String, Endpoint>,
+    networks: BTreeMap<String, Endpoint>,
+    /// Actual host bindings while running (Docker's pick included).
+    #[serde(rename = "Ports", default)]
+    ports: Option<BTreeMap<String, Option<Vec<Binding>>>>,
+}
+
+/// The first binding of each port as `ip:port`.
+fn first_bindings(
+    ports: Option<BTreeMap<String, Option<Vec<Binding>>>>,
+) -> BTreeMap<String, String> {
+    ports
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(port, b)| {
+            let b = b?.into_iter().next()?;
+            Some((port, format!("{}:{}", b.host_ip, b.host_port)))
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -118,22 +218,100 @@ impl Docker {
                 ids.len()
             );
         };
+        Ok(self.inspect(id, service).await?.0)
+    }
+
+    /// Inspects container `id` (of `service`): the container, and the host addresses its
+    /// ports are published on at the moment (empty while it is not running).
+    ///
+    /// # Errors
+    /// docker failed, or the container is not on exactly one network.
+    pub async fn inspect(
+        &self,
+        id: &str,
+        service: &str,
+    ) -> anyhow::Result<(Container, BTreeMap<String, String>)> {
         let json = self.run(&["inspect", id]).await?;
-        let mut all: Vec<Inspect> =
-            serde_json::from_str(&json).context("parsing docker inspect")?;
-        let c = all.pop().context("docker inspect returned nothing")?;
-        let mut nets = c.network_settings.networks.into_iter();
-        let (Some((network, ep)), None) = (nets.next(), nets.next()) else {
-            bail!("container {} must be on exactly one network", c.name);
-        };
-        Ok(Container {
-            service: service.to_string(),
-            id: c.id,
-            name: c.name.trim_start_matches('/').to_string(),
-            network,
-            aliases: ep.aliases.unwrap_or_default(),
-            ipv4: ep.ipam.and_then(|i| i.ipv4).filter(|s| !s.is_empty()),
-        })
+        parse_inspect(&json, service)
+    }
+
+    /// Starts a node container (`docker run -d`): on the template's network under
+    /// `spec.alias`, `--node-id <id> --join --advertise <alias>:2379`, a fresh anonymous data
+    /// volume. Returns it and the host addresses its ports were published on.
+    ///
+    /// # Errors
+    /// docker failed.
+    pub async fn run_node(
+        &self,
+        spec: &RunSpec<'_>,
+    ) -> anyhow::Result<(Container, BTreeMap<String, String>)> {
+        let t = spec.template;
+        let name = format!("{}-{}-{}", spec.project, spec.alias, spec.node_id);
+        let label = format!("{RUN_LABEL}={}", spec.project);
+        let node_id = spec.node_id.to_string();
+        let advertise = format!("{}:2379", spec.alias);
+        let mut args = vec!["run", "--detach", "--name", &name, "--label", &label];
+        args.extend(["--hostname", spec.alias, "--network", &t.network]);
+        args.extend(["--network-alias", spec.alias]);
+        for e in &t.env {
+            if !NOT_INHERITED.iter().any(|p| e.starts_with(p)) {
+                args.extend(["--env", e.as_str()]);
+            }
+        }
+        let publish: Vec<String> = spec
+            .bindings
+            .iter()
+            .map(|(port, host)| format!("{host}:{}", port.trim_end_matches("/tcp")))
+            .collect();
+        for p in &publish {
+            args.extend(["--publish", p.as_str()]);
+        }
+        args.extend([t.image.as_str(), "--node-id", &node_id, "--join"]);
+        args.extend(["--advertise", &advertise]);
+        let id = self.run(&args).await?;
+        self.inspect(id.trim(), spec.alias).await
+    }
+
+    /// Deletes the container and its data: `rm --force --volumes` (anonymous volumes go with
+    /// it), then its data volume if that is still there (a named one).
+    ///
+    /// # Errors
+    /// docker failed.
+    pub async fn remove(&self, c: &Container) -> anyhow::Result<()> {
+        self.run(&["rm", "--force", "--volumes", &c.id]).await?;
+        if let Some(v) = &c.data_volume {
+            let left = self
+                .run(&[
+                    "volume",
+                    "ls",
+                    "--quiet",
+                    "--filter",
+                    &format!("name=^{v}$"),
+                ])
+                .await?;
+            if !left.trim().is_empty() {
+                self.run(&["volume", "rm", v]).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the container has exited by itself; false if it still runs at `timeout`.
+    ///
+    /// # Errors
+    /// docker failed.
+    pub async fn wait_exited(&self, c: &Container, timeout: Duration) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (running, _, _) = self.state(c).await?;
+            if !running {
+                return Ok(true);
+            }
+            if Instant::now() > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// SIGKILLs the container (the process gets no chance to flush anything).
@@ -228,5 +406,89 @@ impl Docker {
             Some(e) => Err(e.context(format!("healing {}", c.name))),
             None => Ok(()),
         }
+    }
+}
+
+/// Parses `docker inspect` output of one container (see [`Docker::inspect`]).
+fn parse_inspect(
+    json: &str,
+    service: &str,
+) -> anyhow::Result<(Container, BTreeMap<String, String>)> {
+    let mut all: Vec<Inspect> = serde_json::from_str(json).context("parsing docker inspect")?;
+    let c = all.pop().context("docker inspect returned nothing")?;
+    let published = first_bindings(c.network_settings.ports);
+    let mut nets = c.network_settings.networks.into_iter();
+    let (Some((network, ep)), None) = (nets.next(), nets.next()) else {
+        bail!("container {} must be on exactly one network", c.name);
+    };
+    let data_volume = c
+        .mounts
+        .into_iter()
+        .find(|m| m.destination == "/data" && m.kind == "volume")
+        .and_then(|m| m.name);
+    let container = Container {
+        service: service.to_string(),
+        id: c.id,
+        name: c.name.trim_start_matches('/').to_string(),
+        network,
+        aliases: ep.aliases.unwrap_or_default(),
+        ipv4: ep.ipam.and_then(|i| i.ipv4).filter(|s| !s.is_empty()),
+        image: c.image,
+        env: c.config.env.unwrap_or_default(),
+        bindings: first_bindings(c.host_config.port_bindings),
+        data_volume,
+    };
+    Ok((container, published))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Trimmed `docker inspect` of a running compose node (docker 20.10, docker-compose 1.29).
+    const INSPECT: &str = r#"[{"Id": "dc6fbd75c700cc86", "Name": "/muster-chaos_muster1_1",
+        "Image": "sha256:44d28f093ea4",
+        "Config": {"Env": ["MUSTER_INITIAL_CLUSTER=1=muster1:2379,2=muster2:2379,3=muster3:2379",
+            "MUSTER_LOG=info,openraft=warn", "MUSTER_DATA_DIR=/data"]},
+        "HostConfig": {"PortBindings": {
+            "2379/tcp": [{"HostIp": "127.0.0.1", "HostPort": "23791"}],
+            "2381/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}},
+        "Mounts": [{"Type": "volume", "Name": "muster-chaos_muster1-data", "Destination": "/data"}],
+        "NetworkSettings": {
+            "Ports": {"2379/tcp": [{"HostIp": "127.0.0.1", "HostPort": "23791"}],
+                      "2381/tcp": [{"HostIp": "127.0.0.1", "HostPort": "49153"}]},
+            "Networks": {"muster-chaos_muster": {"Aliases": ["dc6fbd75c700", "muster1"],
+                                                 "IPAMConfig": null}}}}]"#;
+
+    #[test]
+    fn parses_what_a_replacement_node_needs() {
+        let (c, published) = parse_inspect(INSPECT, "muster1").expect("parse");
+        assert_eq!(c.name, "muster-chaos_muster1_1");
+        assert_eq!(c.network, "muster-chaos_muster");
+        assert_eq!(c.image, "sha256:44d28f093ea4");
+        assert_eq!(c.data_volume.as_deref(), Some("muster-chaos_muster1-data"));
+        assert_eq!(c.bindings[CLIENT_PORT], "127.0.0.1:23791");
+        assert_eq!(
+            c.bindings[HTTP_PORT], "127.0.0.1:",
+            "Docker picks this port"
+        );
+        assert_eq!(published[HTTP_PORT], "127.0.0.1:49153");
+        assert!(c
+            .env
+            .iter()
+            .any(|e| e.starts_with("MUSTER_INITIAL_CLUSTER=")));
+        assert!(c.ipv4.is_none());
+    }
+
+    #[test]
+    fn a_stopped_container_publishes_nothing() {
+        let json = INSPECT.replace(
+            r#""Ports": {"2379/tcp": [{"HostIp": "127.0.0.1", "HostPort": "23791"}],
+                      "2381/tcp": [{"HostIp": "127.0.0.1", "HostPort": "49153"}]},"#,
+            r#""Ports": {},"#,
+        );
+        let (c, published) = parse_inspect(&json, "muster1").expect("parse");
+        assert!(published.is_empty());
+        assert_eq!(c.bindings.len(), 2, "the configured bindings remain");
     }
 }

@@ -13,10 +13,11 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use muster_chaos::cluster::{Cluster, Node};
 use muster_chaos::docker::Docker;
+use muster_chaos::linearizability::{self, Budget};
 use muster_chaos::nemesis;
 use muster_chaos::report::Summary;
 use muster_chaos::verify::{self, ExpiryCheck, Verdict};
-use muster_chaos::workload::{self, counter, registrations, watcher, writer};
+use muster_chaos::workload::{self, counter, registers, registrations, watcher, writer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -59,6 +60,12 @@ struct Args {
     /// Lease-backed registrants.
     #[arg(long, default_value_t = 3)]
     registrants: usize,
+    /// Clients of the registers checked for linearizability (0: none).
+    #[arg(long, default_value_t = 3)]
+    lin_clients: usize,
+    /// Register keys (`chaos/lin/0..N`) those clients share.
+    #[arg(long, default_value_t = 4)]
+    lin_keys: usize,
     /// Lease TTL in seconds.
     #[arg(long, default_value_t = 10)]
     lease_ttl: i64,
@@ -81,6 +88,10 @@ struct Args {
     /// How long the cluster may take to converge after a fault is healed.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     recover_timeout: Duration,
+    /// Leave membership faults (add+remove a member, replace a follower under a new id) out of
+    /// the schedule.
+    #[arg(long)]
+    no_membership_faults: bool,
     /// How much later than TTL after its last renewal a lease may expire once renewals stop.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     late_bound: Duration,
@@ -178,7 +189,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         "--- muster-chaos"
     );
     let docker = Docker::new(args.docker.clone());
-    let cluster = discover(&args, &docker).await?;
+    let mut cluster = discover(&args, &docker).await?;
     let leader = cluster
         .wait_converged(Duration::from_secs(60), false)
         .await
@@ -201,6 +212,12 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         .map(|w| tokio::spawn(writer::run(settings.clone(), w, stop.clone())))
         .collect();
     let counter_task = tokio::spawn(counter::run(settings.clone(), stop.clone()));
+    let lin_task = tokio::spawn(registers::run(
+        settings.clone(),
+        args.lin_clients,
+        args.lin_keys,
+        stop.clone(),
+    ));
     let reg_tasks: Vec<_> = (0..args.registrants)
         .map(|r| {
             tokio::spawn(registrations::run(
@@ -223,6 +240,9 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         quiet_max: args.quiet_max,
         recover_timeout: args.recover_timeout,
         max_rounds: 100_000,
+        membership: !args.no_membership_faults,
+        project: args.project.clone(),
+        op_timeout: args.op_timeout,
     };
     let nem_stop = CancellationToken::new();
     let ctrl_c = {
@@ -234,7 +254,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
             }
         })
     };
-    let nem = nemesis::run(&cluster, &docker, &nem_settings, &nem_stop).await;
+    let nem = nemesis::run(&mut cluster, &docker, &nem_settings, &nem_stop).await;
     ctrl_c.abort();
     for line in &nem.history {
         info!("{line}");
@@ -249,6 +269,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         writers.push(t.await??);
     }
     let counter = counter_task.await??;
+    let lin_histories = lin_task.await??;
 
     let mut problems = Vec::new();
     let mut failure = None;
@@ -314,6 +335,29 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
             ExpiryCheck::default()
         }
     };
+
+    // CPU-bound, hence last: it must not slow the renewals or the expiry timing above.
+    info!(
+        keys = lin_histories.len(),
+        "--- checking the registers for linearizability"
+    );
+    let lin = tokio::task::spawn_blocking(move || {
+        linearizability::check(&lin_histories, &Budget::default())
+    })
+    .await?;
+    for k in &lin.keys {
+        info!(
+            key = %k.key,
+            ok = k.ops_ok,
+            unknown = k.ops_unknown,
+            segments = k.segments,
+            steps = k.steps,
+            ms = k.elapsed.as_millis() as u64,
+            outcome = k.outcome.name(),
+            "linearizability"
+        );
+    }
+    verify::record_linearizability(&lin, &mut verdict, &mut problems);
 
     let summary = Summary {
         seed,

@@ -1,8 +1,12 @@
-//! The nemesis: a seeded schedule of container faults. Each round picks a fault kind and a hold
-//! time from the RNG, picks its target by role (the current leader or a follower), injects the
-//! fault, holds it, heals it, and waits (bounded) for the cluster to converge again before a
-//! quiet gap. One fault at a time: a majority always survives, so the cluster must stay
-//! available and correct. The seed fixes the choices; which node leads is up to Raft.
+//! The nemesis: a seeded schedule of container and membership faults. Each round picks a fault
+//! kind and a hold time from the RNG, picks its target by role (the current leader or a
+//! follower), injects the fault, holds it, heals it, and waits (bounded) for the cluster to
+//! converge again before a quiet gap. One fault at a time: a majority always survives, so the
+//! cluster must stay available and correct. The seed fixes the choices; which node leads is up
+//! to Raft. Membership faults (`membership.rs`) change the cluster view as they go; at the end
+//! every member must list exactly the members of the view.
+
+mod membership;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -13,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cluster::Cluster;
-use crate::docker::Docker;
+use crate::docker::{Container, Docker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
@@ -26,16 +30,26 @@ pub enum Fault {
     /// `docker network disconnect` the leader from the compose network, hold, reconnect.
     PartitionLeader,
     PartitionFollower,
+    /// MemberAdd a 4th node as a learner and `docker run` it with `--join`; once it caught up,
+    /// MemberPromote it; hold; MemberRemove it (it must stop by itself); delete its container
+    /// and data.
+    AddRemoveMember,
+    /// MemberRemove a follower (it must stop by itself); delete its container and data; hold (a
+    /// member short); add it back under a new id at the same address and host ports (learner,
+    /// caught up, promoted).
+    ReplaceFollower,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 8] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::PauseLeader,
         Fault::PauseFollower,
         Fault::PartitionLeader,
         Fault::PartitionFollower,
+        Fault::AddRemoveMember,
+        Fault::ReplaceFollower,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,7 +60,14 @@ impl Fault {
             Fault::PauseFollower => "pause follower",
             Fault::PartitionLeader => "partition leader",
             Fault::PartitionFollower => "partition follower",
+            Fault::AddRemoveMember => "add+remove member",
+            Fault::ReplaceFollower => "replace follower (new id)",
         }
+    }
+
+    /// Whether the fault changes the membership (see [`Settings::membership`]).
+    pub fn is_membership(self) -> bool {
+        matches!(self, Fault::AddRemoveMember | Fault::ReplaceFollower)
     }
 
     fn on_leader(self) -> bool {
@@ -69,6 +90,12 @@ pub struct Settings {
     pub recover_timeout: Duration,
     /// Upper bound on rounds, whatever the duration.
     pub max_rounds: u64,
+    /// Whether membership faults are in the schedule.
+    pub membership: bool,
+    /// Compose project: names and labels the containers membership faults start.
+    pub project: String,
+    /// Deadline of one Cluster API request.
+    pub op_timeout: Duration,
 }
 
 /// Per fault kind: how often it was injected and how long recovery took.
@@ -91,22 +118,38 @@ pub struct NemesisResult {
     pub no_leader: u64,
     /// One line per round, for the log.
     pub history: Vec<String>,
+    /// Anomalies of membership: a removed node that kept running, members that disagree with
+    /// the view (or each other) on the member list at the end.
+    pub membership_problems: Vec<String>,
+}
+
+/// What one round's fault did.
+struct Applied {
+    injected: bool,
+    /// Failed docker or Cluster API steps.
+    errors: u64,
+    /// What happened, for the history.
+    note: String,
 }
 
 /// Runs fault rounds for `settings.duration` (or until `stop`). Every fault is healed before
-/// returning, whatever happens.
+/// returning, whatever happens; `cluster` ends up holding the members of the moment.
 pub async fn run(
-    cluster: &Cluster,
+    cluster: &mut Cluster,
     docker: &Docker,
     s: &Settings,
     stop: &CancellationToken,
 ) -> NemesisResult {
     let mut rng = StdRng::seed_from_u64(s.seed);
+    let kinds: Vec<Fault> = Fault::ALL
+        .into_iter()
+        .filter(|f| s.membership || !f.is_membership())
+        .collect();
     let mut out = NemesisResult::default();
     let started = Instant::now();
     while started.elapsed() < s.duration && out.rounds < s.max_rounds && !stop.is_cancelled() {
         out.rounds += 1;
-        let fault = Fault::ALL[rng.gen_range(0..Fault::ALL.len())];
+        let fault = kinds[rng.gen_range(0..kinds.len())];
         let hold = pick(&mut rng, s.hold_min, s.hold_max);
         let quiet = pick(&mut rng, s.quiet_min, s.quiet_max);
         let follower_pick: usize = rng.gen_range(0..cluster.nodes.len().max(2) - 1);
@@ -135,7 +178,7 @@ pub async fn run(
         let Some(node) = cluster.node(target) else {
             continue;
         };
-        let c = &node.container;
+        let container = node.container.clone();
         let t = started.elapsed().as_secs_f64();
         info!(
             round = out.rounds,
@@ -145,34 +188,24 @@ pub async fn run(
             "--- nemesis: inject"
         );
 
-        let stats = out.by_kind.entry(fault).or_default();
-        let injected = match fault {
-            Fault::KillLeader | Fault::KillFollower => docker.kill(c).await,
-            Fault::PauseLeader | Fault::PauseFollower => docker.pause(c).await,
-            Fault::PartitionLeader | Fault::PartitionFollower => docker.disconnect(c).await,
-        };
-        if let Err(e) = &injected {
-            warn!(error = %e, "injecting the fault failed");
-            stats.docker_errors += 1;
-        } else {
-            stats.injected += 1;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(hold) => {}
-            _ = stop.cancelled() => {}
-        }
-        let healed = match fault {
-            Fault::KillLeader | Fault::KillFollower => docker.start(c).await,
-            Fault::PauseLeader | Fault::PauseFollower => docker.unpause(c).await,
-            Fault::PartitionLeader | Fault::PartitionFollower => docker.connect(c).await,
-        };
-        if let Err(e) = healed {
-            warn!(error = %e, "healing failed; trying the full heal");
-            stats.docker_errors += 1;
-            if let Err(e) = docker.heal(c).await {
-                warn!(error = %e, "full heal failed too");
+        let problems = &mut out.membership_problems;
+        let applied = match fault {
+            Fault::AddRemoveMember => {
+                membership::add_remove_member(cluster, docker, s, hold, stop, problems).await
             }
-        }
+            Fault::ReplaceFollower => {
+                membership::replace_follower(cluster, docker, s, target, hold, stop, problems).await
+            }
+            _ => container_fault(fault, &container, docker, hold, stop).await,
+        };
+        let stats = out.by_kind.entry(fault).or_default();
+        stats.injected += u64::from(applied.injected);
+        stats.docker_errors += applied.errors;
+        let note = if fault.is_membership() {
+            applied.note
+        } else {
+            format!("node {target} (leader was {leader})")
+        };
         let heal_at = Instant::now();
         let recovered = cluster.wait_converged(s.recover_timeout, false).await;
         let took = heal_at.elapsed();
@@ -181,7 +214,7 @@ pub async fn run(
                 stats.recovery_total += took;
                 stats.recovery_max = stats.recovery_max.max(took);
                 out.history.push(format!(
-                    "t={t:7.1}s round {:3}: {:20} node {target} (leader was {leader}) held {:.1}s, converged in {:.1}s, leader now {new_leader}",
+                    "t={t:7.1}s round {:3}: {:20} {note}, held {:.1}s, converged in {:.1}s, leader now {new_leader}",
                     out.rounds,
                     fault.name(),
                     hold.as_secs_f64(),
@@ -192,7 +225,7 @@ pub async fn run(
                 stats.unrecovered += 1;
                 warn!(error = %e, "cluster did not recover");
                 out.history.push(format!(
-                    "t={t:7.1}s round {:3}: {:20} node {target} held {:.1}s, NOT converged: {e}",
+                    "t={t:7.1}s round {:3}: {:20} {note}, held {:.1}s, NOT converged: {e}",
                     out.rounds,
                     fault.name(),
                     hold.as_secs_f64()
@@ -200,13 +233,58 @@ pub async fn run(
                 heal_all(cluster, docker).await;
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(quiet) => {}
-            _ = stop.cancelled() => {}
-        }
+        sleep_unless_stopped(quiet, stop).await;
     }
     heal_all(cluster, docker).await;
+    if let Err(e) = cluster.wait_converged(s.recover_timeout, false).await {
+        warn!(error = %e, "not converged before the member check");
+    }
+    let disagreements = cluster.check_members(s.op_timeout).await;
+    out.membership_problems.extend(disagreements);
     out
+}
+
+/// Injects a container fault, holds it (until `stop` at the latest), heals it. (Membership
+/// faults are not container faults: nothing happens.)
+async fn container_fault(
+    fault: Fault,
+    c: &Container,
+    docker: &Docker,
+    hold: Duration,
+    stop: &CancellationToken,
+) -> Applied {
+    let mut applied = Applied {
+        injected: false,
+        errors: 0,
+        note: String::new(),
+    };
+    let injected = match fault {
+        Fault::KillLeader | Fault::KillFollower => docker.kill(c).await,
+        Fault::PauseLeader | Fault::PauseFollower => docker.pause(c).await,
+        Fault::PartitionLeader | Fault::PartitionFollower => docker.disconnect(c).await,
+        Fault::AddRemoveMember | Fault::ReplaceFollower => return applied,
+    };
+    if let Err(e) = &injected {
+        warn!(error = %e, "injecting the fault failed");
+        applied.errors += 1;
+    } else {
+        applied.injected = true;
+    }
+    sleep_unless_stopped(hold, stop).await;
+    let healed = match fault {
+        Fault::KillLeader | Fault::KillFollower => docker.start(c).await,
+        Fault::PauseLeader | Fault::PauseFollower => docker.unpause(c).await,
+        Fault::PartitionLeader | Fault::PartitionFollower => docker.connect(c).await,
+        Fault::AddRemoveMember | Fault::ReplaceFollower => Ok(()),
+    };
+    if let Err(e) = healed {
+        warn!(error = %e, "healing failed; trying the full heal");
+        applied.errors += 1;
+        if let Err(e) = docker.heal(c).await {
+            warn!(error = %e, "full heal failed too");
+        }
+    }
+    applied
 }
 
 /// Undoes every fault on every node (idempotent; errors are logged).
@@ -215,6 +293,14 @@ pub async fn heal_all(cluster: &Cluster, docker: &Docker) {
         if let Err(e) = docker.heal(&n.container).await {
             warn!(node = n.id, error = %e, "heal failed");
         }
+    }
+}
+
+/// Sleeps for `d`, or until `stop`.
+async fn sleep_unless_stopped(d: Duration, stop: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = stop.cancelled() => {}
     }
 }
 

@@ -32,13 +32,15 @@ impl Summary {
     pub fn passed(&self) -> bool {
         self.failure.is_none()
             && self.verdict.total_anomalies() == 0
+            && self.nemesis.membership_problems.is_empty()
             && self.progress_problem().is_none()
     }
 
     /// A run that did nothing proves nothing.
     pub fn progress_problem(&self) -> Option<&'static str> {
         let injected: u64 = self.nemesis.by_kind.values().map(|k| k.injected).sum();
-        if self.verdict.puts_acked == 0 || self.counter.acked == 0 {
+        let v = &self.verdict;
+        if v.puts_acked == 0 || self.counter.acked == 0 || (v.lin_keys > 0 && v.lin_ops_ok == 0) {
             Some("the workload made no progress")
         } else if injected == 0 && !self.duration.is_zero() {
             Some("no fault was injected")
@@ -92,6 +94,18 @@ impl Summary {
             v.counter_final,
             self.counter.conflicts,
             self.counter.read_failures
+        );
+        let _ = writeln!(
+            s,
+            "{:<34} {:>9} {:>9}  {} keys checked in {:.1}s ({} search steps); {} not linearizable, {} undecided",
+            "registers (linearizability)",
+            v.lin_ops_ok,
+            v.lin_ops_unknown,
+            v.lin_keys,
+            v.lin_check_ms as f64 / 1000.0,
+            v.lin_steps,
+            v.lin_violations,
+            v.lin_undecided
         );
         let (regs, grant_f, put_f, ka_ok, ka_f, starved, gap) = self.reg_totals();
         let _ = writeln!(
@@ -159,7 +173,12 @@ impl Summary {
         let _ = writeln!(s, "{:<34} {:>9}", "total", total);
         let _ = writeln!(s);
         let _ = writeln!(s, "{:<34} {:>9}", "ANOMALIES (must be 0)", "count");
-        for (name, n) in v.anomalies() {
+        let membership = self.nemesis.membership_problems.len() as u64;
+        for (name, n) in v
+            .anomalies()
+            .into_iter()
+            .chain([("membership anomalies", membership)])
+        {
             let _ = writeln!(
                 s,
                 "{:<34} {:>9}{}",
@@ -172,9 +191,15 @@ impl Summary {
         if unrecovered > 0 {
             let _ = writeln!(s, "note: {unrecovered} fault(s) left the cluster unconverged past the recovery timeout (availability, see history)");
         }
-        if !self.problems.is_empty() {
+        if !self.problems.is_empty() || membership > 0 {
             let _ = writeln!(s, "\nPROBLEMS");
-            for p in self.problems.iter().take(40) {
+            for p in self
+                .nemesis
+                .membership_problems
+                .iter()
+                .chain(&self.problems)
+                .take(40)
+            {
                 let _ = writeln!(s, "  - {p}");
             }
         }
@@ -225,6 +250,7 @@ impl Summary {
             "anomalies": self.verdict.total_anomalies(),
             "problems": self.problems,
             "history": self.nemesis.history,
+            "membership_problems": self.nemesis.membership_problems,
         })
     }
 }

@@ -9,6 +9,7 @@ use anyhow::Context;
 use etcd_client::GetOptions;
 
 use crate::cluster::Cluster;
+use crate::linearizability;
 use crate::workload::counter::{value_of, CounterResult};
 use crate::workload::registrations::{Live, RegResult, SLACK};
 use crate::workload::watcher::WatchResult;
@@ -91,6 +92,13 @@ pub struct Verdict {
     pub counter_final: u64,
     pub watch_events: u64,
     pub watch_streams: u64,
+    /// Register operations answered / unknown (error or timeout), keys checked, and the
+    /// checker's search steps and time.
+    pub lin_ops_ok: u64,
+    pub lin_ops_unknown: u64,
+    pub lin_keys: u64,
+    pub lin_steps: u64,
+    pub lin_check_ms: u64,
     // --- anomalies
     /// Acknowledged puts missing on some node.
     pub lost_writes: u64,
@@ -117,6 +125,10 @@ pub struct Verdict {
     pub spurious_expiries: u64,
     /// After renewals stopped, a lease outlived its TTL by more than the bound.
     pub late_expiries: u64,
+    /// Register keys whose history is not linearizable.
+    pub lin_violations: u64,
+    /// Register keys the checker could not decide within its budget (not a pass).
+    pub lin_undecided: u64,
 }
 
 impl Verdict {
@@ -135,6 +147,8 @@ impl Verdict {
             ("watch incomplete", self.watch_incomplete),
             ("spurious expiries", self.spurious_expiries),
             ("late expiries", self.late_expiries),
+            ("keys not linearizable", self.lin_violations),
+            ("keys undecided (linearizability)", self.lin_undecided),
         ]
     }
 
@@ -298,6 +312,23 @@ pub fn check(
         ));
     }
     v
+}
+
+/// Counts the linearizability checker's verdict into `v`; every violation and undecided key
+/// becomes a problem (with the checker's explanation).
+pub fn record_linearizability(
+    report: &linearizability::Report,
+    v: &mut Verdict,
+    problems: &mut Vec<String>,
+) {
+    v.lin_ops_ok = report.ops_ok();
+    v.lin_ops_unknown = report.ops_unknown();
+    v.lin_keys = report.keys.len() as u64;
+    v.lin_steps = report.steps();
+    v.lin_check_ms = u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX);
+    v.lin_violations = report.violations();
+    v.lin_undecided = report.undecided();
+    problems.extend(report.problems());
 }
 
 /// Registration checks during the run and at the final read.

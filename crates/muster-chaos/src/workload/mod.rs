@@ -9,8 +9,10 @@
 //! | `counter.rs` | compare-and-swap increments of one counter (`chaos/counter`) |
 //! | `watcher.rs` | a prefix watcher on `chaos/` that resumes from last revision + 1 on another node |
 //! | `registrations.rs` | lease-backed registrations (`chaos/reg/…`) kept alive through faults |
+//! | `registers.rs` | puts, gets and compare-and-swaps on a few keys (`chaos/lin/…`), every one recorded for the linearizability check |
 
 pub mod counter;
+pub mod registers;
 pub mod registrations;
 pub mod watcher;
 pub mod writer;
@@ -25,6 +27,8 @@ pub const WRITER_PREFIX: &str = "chaos/w/";
 pub const COUNTER: &str = "chaos/counter";
 /// Prefix of the lease-backed registrations.
 pub const REG_PREFIX: &str = "chaos/reg/";
+/// Prefix of the registers checked for linearizability.
+pub const LIN_PREFIX: &str = "chaos/lin/";
 
 /// Knobs shared by the workload tasks.
 #[derive(Debug, Clone)]
