@@ -153,3 +153,51 @@ async fn wiped_node_rejoins_under_a_new_id_by_snapshot() -> anyhow::Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// The leader asked to remove itself answers before it stops (the answer is not lost to the
+/// shutdown), the others elect a new leader, and a membership change sent to the new leader
+/// at once succeeds: it waits for the inherited config to commit instead of refusing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_removes_itself_and_answers_then_a_new_leader_accepts_changes(
+) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let leader = cluster.wait_for_leader(T).await?;
+    let mut c = etcd(&cluster, leader).await?;
+    c.put("self-remove/before", "v", None).await?;
+
+    info!("--- step: remove the leader through the leader itself");
+    let removed = c.member_remove(leader).await?;
+    assert!(
+        !removed.members().iter().any(|m| m.id() == leader),
+        "the answer lists the members without the old leader"
+    );
+    assert_eq!(removed.members().len(), 2);
+    let old = cluster.node(leader)?.clone();
+    wait_until(T, "the old leader to notice its removal", || {
+        let n = old.clone();
+        async move { n.is_removed().then_some(()) }
+    })
+    .await?;
+    drop(old);
+    cluster.forget(leader).await?;
+
+    info!("--- step: a new leader, and at once a member add through it");
+    let new_leader = cluster.wait_for_leader(T).await?;
+    assert_ne!(new_leader, leader);
+    let mut c = etcd(&cluster, new_leader).await?;
+    let (addr, listener) = cluster.bind_joiner().await?;
+    let added = c
+        .member_add(
+            [format!("http://{addr}")],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await?;
+    let new_id = added.member().map(|m| m.id()).unwrap_or_default();
+    cluster.start_joiner(new_id, listener).await?;
+    c.put("self-remove/after", "v", None).await?;
+    cluster.wait_converged(T).await?;
+    let mut newcomer = etcd(&cluster, new_id).await?;
+    assert_eq!(count(&mut newcomer, "self-remove/").await?, 2);
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use muster_store::raft::{NodeId, TypeConfig};
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +38,12 @@ pub struct MembershipChanged {
 }
 
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a removed node keeps serving before it stops: long enough for in-flight answers
+/// (among them the MemberRemove that removed it, when it was asked) to reach their clients, and
+/// for the change to be committed (etcd stops a removed member about a second after applying).
+const REMOVED_GRACE: Duration = Duration::from_secs(1);
+
+type ChangeResult<T> = Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>;
 
 fn map_err(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RaftPathError {
     match e {
@@ -69,6 +75,31 @@ fn fresh_id(taken: &BTreeSet<NodeId>) -> NodeId {
 }
 
 impl Node {
+    /// Runs one membership step, retrying while an earlier change is still uncommitted (a new
+    /// leader has not yet committed the config it inherited, or a previous change is in flight):
+    /// openraft refuses such a step before appending anything, so retrying is safe. Gives up
+    /// after `leader_wait` with the last error.
+    async fn settled<T, F, Fut>(&self, mut step: F) -> Result<T, RaftPathError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ChangeResult<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.config.leader_wait;
+        let mut metrics = self.raft.metrics();
+        loop {
+            match step().await {
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(p),
+                ))) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(node_id = self.id, "membership change waits: {p}");
+                    // Any metrics change may be the commit we wait for; the deadline bounds it.
+                    let _ = tokio::time::timeout_at(deadline, metrics.changed()).await;
+                }
+                other => return other.map_err(map_err),
+            }
+        }
+    }
+
     fn membership_summary(&self, id: NodeId) -> MembershipChanged {
         let m = self
             .raft
@@ -103,15 +134,14 @@ impl Node {
                 let id = fresh_id(&current.nodes.keys().copied().collect());
                 // Non-blocking: the new node may not be running yet (etcd's order is add, then
                 // start).
-                self.raft
-                    .add_learner(id, BasicNode::new(&addr), false)
-                    .await
-                    .map_err(map_err)?;
+                self.settled(|| self.raft.add_learner(id, BasicNode::new(&addr), false))
+                    .await?;
                 if !learner {
-                    self.raft
-                        .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
-                        .await
-                        .map_err(map_err)?;
+                    self.settled(|| {
+                        self.raft
+                            .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
+                    })
+                    .await?;
                 }
                 tracing::info!(node_id = self.id, new_member = id, %addr, learner, "member added");
                 id
@@ -128,10 +158,11 @@ impl Node {
                         reason: format!("member {id} is not a learner"),
                     });
                 }
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
-                    .await
-                    .map_err(map_err)?;
+                self.settled(|| {
+                    self.raft
+                        .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
+                })
+                .await?;
                 tracing::info!(node_id = self.id, member = id, "member promoted");
                 id
             }
@@ -148,15 +179,17 @@ impl Node {
                             reason: "cannot remove the last voter".into(),
                         });
                     }
-                    self.raft
-                        .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
-                        .await
-                        .map_err(map_err)?;
+                    self.settled(|| {
+                        self.raft
+                            .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                    })
+                    .await?;
                 } else {
-                    self.raft
-                        .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
-                        .await
-                        .map_err(map_err)?;
+                    self.settled(|| {
+                        self.raft
+                            .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+                    })
+                    .await?;
                 }
                 tracing::info!(node_id = self.id, member = id, "member removed");
                 if let Some(addr) = current.nodes.get(&id) {
@@ -220,21 +253,30 @@ impl Node {
     /// serving, as an etcd member does).
     pub async fn wait_removed(&self) {
         let mut metrics = self.raft.metrics();
-        while !self.is_removed() {
-            tokio::select! {
-                changed = metrics.changed() => {
-                    if changed.is_err() {
-                        // Raft stopped: nothing more will change.
-                        std::future::pending::<()>().await;
+        loop {
+            while !self.is_removed() {
+                tokio::select! {
+                    changed = metrics.changed() => {
+                        if changed.is_err() {
+                            // Raft stopped: nothing more will change.
+                            std::future::pending::<()>().await;
+                        }
                     }
+                    _ = self.removed.notified() => {}
                 }
-                _ = self.removed.notified() => {}
             }
+            tracing::warn!(
+                node_id = self.id,
+                grace_ms = REMOVED_GRACE.as_millis() as u64,
+                "this node was removed from the cluster; stopping after the grace period"
+            );
+            tokio::time::sleep(REMOVED_GRACE).await;
+            // The membership without this node may have been uncommitted and then replaced.
+            if self.is_removed() {
+                return;
+            }
+            tracing::info!(node_id = self.id, "removal was not committed; serving on");
         }
-        tracing::warn!(
-            node_id = self.id,
-            "this node was removed from the cluster; stopping"
-        );
     }
 
     /// Records that the leader removed this node.
