@@ -1,167 +1,165 @@
 //! Lease benchmarks: `lease-grant` (LeaseGrant throughput/latency) and `keepalive` (many leases
-//! kept alive over ONE LeaseKeepAlive stream).
+//! kept alive over ONE LeaseKeepAlive stream); the grant and revoke loops `registry` reuses.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use futures::StreamExt;
 use muster_proto::etcdserverpb::lease_client::LeaseClient;
 use muster_proto::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest};
+use serde_json::{json, Value};
 use tonic::transport::Channel;
 
-use crate::common::{channels, progress, share};
+use crate::common::{channels, progress, share, worker_channels};
+use crate::load::{closed_loop, Op};
 use crate::stats::Samples;
 
-/// Grants `count` leases from `concurrency` workers (spread over the endpoints); returns the
-/// latency samples and the granted ids.
+/// LeaseGrant with the server choosing the id.
+pub async fn grant_one(lease: &mut LeaseClient<Channel>, ttl: i64) -> anyhow::Result<i64> {
+    let r = lease
+        .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+        .await
+        .context("LeaseGrant")?
+        .into_inner();
+    anyhow::ensure!(r.error.is_empty(), "LeaseGrant error: {}", r.error);
+    Ok(r.id)
+}
+
+struct GrantOp {
+    lease: LeaseClient<Channel>,
+    ttl: i64,
+    ids: Vec<i64>,
+}
+
+impl Op for GrantOp {
+    async fn call(&mut self, _: usize) -> anyhow::Result<()> {
+        let id = grant_one(&mut self.lease, self.ttl).await?;
+        self.ids.push(id);
+        Ok(())
+    }
+}
+
+/// Grants `count` leases from the workers on `chans`; returns the latency samples and the ids.
 pub async fn grant(
     chans: &[Channel],
     count: usize,
-    concurrency: usize,
     ttl: i64,
-    max: Duration,
+    deadline: Instant,
     what: &'static str,
 ) -> anyhow::Result<(Samples, Vec<i64>)> {
-    let concurrency = concurrency.max(1);
-    let started = Instant::now();
-    let deadline = started + max;
-    let done = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for w in 0..concurrency {
-        let mut client = LeaseClient::new(chans[w % chans.len()].clone());
-        let n = share(count, concurrency, w);
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(n);
-            let mut ids = Vec::with_capacity(n);
-            for _ in 0..n {
-                if Instant::now() >= deadline {
-                    break;
-                }
-                let t = Instant::now();
-                let r = client
-                    .lease_grant(LeaseGrantRequest { ttl, id: 0 })
-                    .await
-                    .context("LeaseGrant")?
-                    .into_inner();
-                lat.push(t.elapsed());
-                anyhow::ensure!(r.error.is_empty(), "LeaseGrant error: {}", r.error);
-                ids.push(r.id);
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok((lat, ids))
-        }));
-    }
-    let p = progress(what, done, count);
-    let mut lat = Vec::with_capacity(count);
-    let mut ids = Vec::with_capacity(count);
-    for t in tasks {
-        let (l, i) = t.await??;
-        lat.extend(l);
-        ids.extend(i);
-    }
-    p.abort();
-    Ok((Samples::new(lat, started.elapsed()), ids))
+    let ops = chans
+        .iter()
+        .map(|ch| GrantOp {
+            lease: LeaseClient::new(ch.clone()),
+            ttl,
+            ids: Vec::new(),
+        })
+        .collect();
+    let (s, ops) = closed_loop(ops, count, deadline, what).await?;
+    Ok((s, ops.into_iter().flat_map(|o| o.ids).collect()))
 }
 
-/// Revokes `ids` from `concurrency` workers; returns the latency samples.
+/// Revokes the leases it holds, one per call.
+struct RevokeOp {
+    lease: LeaseClient<Channel>,
+    ids: Vec<i64>,
+}
+
+impl Op for RevokeOp {
+    async fn call(&mut self, _: usize) -> anyhow::Result<()> {
+        let id = self.ids.pop().context("no lease left to revoke")?;
+        self.lease
+            .lease_revoke(LeaseRevokeRequest { id })
+            .await
+            .context("LeaseRevoke")?;
+        Ok(())
+    }
+}
+
+/// Revokes `ids` from the workers on `chans`; returns the latency samples.
 pub async fn revoke(
     chans: &[Channel],
-    ids: Vec<i64>,
-    concurrency: usize,
-    max: Duration,
+    mut ids: Vec<i64>,
+    deadline: Instant,
 ) -> anyhow::Result<Samples> {
-    let concurrency = concurrency.max(1);
-    let started = Instant::now();
-    let deadline = started + max;
+    let n = chans.len();
     let total = ids.len();
-    let done = Arc::new(AtomicUsize::new(0));
-    let mut buckets: Vec<Vec<i64>> = vec![Vec::new(); concurrency];
-    for (i, id) in ids.into_iter().enumerate() {
-        buckets[i % concurrency].push(id);
-    }
-    let mut tasks = Vec::new();
-    for (w, bucket) in buckets.into_iter().enumerate() {
-        let mut client = LeaseClient::new(chans[w % chans.len()].clone());
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(bucket.len());
-            for id in bucket {
-                if Instant::now() >= deadline {
-                    break;
-                }
-                let t = Instant::now();
-                client
-                    .lease_revoke(LeaseRevokeRequest { id })
-                    .await
-                    .context("LeaseRevoke")?;
-                lat.push(t.elapsed());
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok(lat)
-        }));
-    }
-    let p = progress("revokes", done, total);
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await??);
-    }
-    p.abort();
-    Ok(Samples::new(lat, started.elapsed()))
+    // Worker w is asked for exactly share(total, n, w) revokes: give it that many ids.
+    let ops = chans
+        .iter()
+        .enumerate()
+        .map(|(w, ch)| RevokeOp {
+            lease: LeaseClient::new(ch.clone()),
+            ids: ids.split_off(ids.len() - share(total, n, w)),
+        })
+        .collect();
+    let (s, _) = closed_loop(ops, total, deadline, "revokes").await?;
+    Ok(s)
 }
 
+/// `lease-grant`: `count` grants from `concurrency` clients, then (unless `keep`) the revokes.
 pub async fn bench_lease_grant(
     endpoints: &[String],
     count: usize,
     concurrency: usize,
     ttl: i64,
-    max: Duration,
     keep: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    let chans = channels(endpoints).await?;
-    let (s, ids) = grant(&chans, count, concurrency, ttl, max, "grants").await?;
-    s.print("lease-grant", json);
-    if !keep {
-        let r = revoke(&chans, ids, concurrency, max).await?;
-        r.print("lease-revoke (cleanup)", json);
-    }
-    Ok(())
+    deadline: Instant,
+) -> anyhow::Result<Value> {
+    let chans = worker_channels(endpoints, concurrency.max(1)).await?;
+    let (s, ids) = grant(&chans, count, ttl, deadline, "grants").await?;
+    let revoked = if keep {
+        Value::Null
+    } else {
+        revoke(&chans, ids, deadline).await?.json()
+    };
+    Ok(s.json_with(
+        "lease-grant",
+        json!({"concurrency": concurrency, "ttl": ttl, "revoke": revoked}),
+    ))
 }
 
+/// `keepalive`: grants `leases` leases (TTL 60), then keeps them all alive over ONE stream on
+/// the first endpoint for `rounds` rounds; revokes them afterwards.
 pub async fn bench_keepalive(
     endpoints: &[String],
     leases: usize,
     rounds: usize,
     grant_concurrency: usize,
-    max: Duration,
-    json: bool,
-) -> anyhow::Result<()> {
-    let chans = channels(endpoints).await?;
+    deadline: Instant,
+) -> anyhow::Result<Value> {
+    let chans = worker_channels(endpoints, grant_concurrency.max(1)).await?;
     eprintln!("granting {leases} leases (TTL 60)…");
-    let (g, ids) = grant(&chans, leases, grant_concurrency, 60, max, "grants").await?;
-    g.print("keepalive: setup lease-grant", json);
+    let (g, ids) = grant(&chans, leases, 60, deadline, "grants").await?;
     anyhow::ensure!(
         ids.len() == leases,
         "only {} of {leases} leases granted",
         ids.len()
     );
 
-    // One bidirectional stream, on the first endpoint, carrying every lease.
-    let mut client = LeaseClient::new(chans[0].clone());
+    // One bidirectional stream, on the first endpoint, carrying every lease. etcd sends the
+    // response headers only with its first answer: queue one keep-alive before opening.
+    let mut client = LeaseClient::new(channels(&endpoints[..1]).await?.remove(0));
     let (tx, rx) = futures::channel::mpsc::unbounded::<LeaseKeepAliveRequest>();
-    let mut resp = client
-        .lease_keep_alive(rx)
+    tx.unbounded_send(LeaseKeepAliveRequest { id: ids[0] })
+        .context("keep-alive stream closed")?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut resp = tokio::time::timeout(left, client.lease_keep_alive(rx))
         .await
+        .context("timed out opening the LeaseKeepAlive stream")?
         .context("opening LeaseKeepAlive stream")?
         .into_inner();
+    tokio::time::timeout(left, resp.next())
+        .await
+        .context("timed out waiting for the first keep-alive answer")?
+        .context("keep-alive stream ended")?
+        .context("keep-alive stream error")?;
 
     let done = Arc::new(AtomicUsize::new(0));
     let p = progress("keep-alives", done.clone(), leases * rounds);
     let started = Instant::now();
-    let deadline = started + max;
     let mut round_lat = Vec::with_capacity(rounds);
     let mut expired = 0usize;
     let mut answered = 0usize;
@@ -197,28 +195,15 @@ pub async fn bench_keepalive(
         round_lat.push(t.elapsed());
     }
     let wall = started.elapsed();
-    p.abort();
+    drop(p);
     drop(tx);
-    let rate = answered as f64 / wall.as_secs_f64();
     let s = Samples::new(round_lat, wall);
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "what": "keepalive", "leases": leases, "rounds": s.len(),
-                "keepalives": answered, "keepalives_per_sec": rate, "ttl_zero": expired,
-                "round_p50_ms": s.ms(50.0), "round_p99_ms": s.ms(99.0), "round_max_ms": s.ms(100.0),
-            })
-        );
-    } else {
-        println!(
-            "keepalive: {leases} leases on one stream, {} rounds, {answered} keep-alives in {:.2}s = {rate:.0}/s (TTL 0 answers: {expired})",
-            s.len(),
-            wall.as_secs_f64()
-        );
-        s.print("keepalive: per-round latency", false);
-    }
-    let r = revoke(&chans, ids, grant_concurrency, max).await?;
-    r.print("keepalive: lease-revoke (cleanup)", json);
-    Ok(())
+    let revoked = revoke(&chans, ids, deadline).await?;
+    Ok(json!({
+        "what": "keepalive", "leases": leases, "rounds": s.len(),
+        "keepalives": answered, "keepalives_per_sec": answered as f64 / wall.as_secs_f64(),
+        "ttl_zero": expired,
+        "round_p50_ms": s.ms(50.0), "round_p99_ms": s.ms(99.0), "round_max_ms": s.ms(100.0),
+        "grant": g.json(), "revoke": revoked.json(),
+    }))
 }

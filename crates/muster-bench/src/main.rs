@@ -1,126 +1,159 @@
-//! `muster-bench`: load generator and measurements for Muster (and, through the same etcd v3
-//! API, for etcd, so both can be measured side by side).
+//! `muster-bench`: load generator and measurements for Muster and, through the same etcd v3
+//! API (the raw etcd protos of `muster-proto`), for etcd, so both are measured by one code path.
 //!
-//! Subcommands:
-//! - `put`: puts through the etcd API at a given concurrency; latency percentiles and throughput.
-//! - `failover`: an in-process 3-node cluster; kills the leader repeatedly and measures the time
-//!   until a new leader is agreed and until a write succeeds again.
-//!
+//! Subcommands (every one prints one result, as text or with `--json` as one JSON object):
+//! - `put`, `range`, `txn`: KV puts, single-key gets (linearizable or serializable) of
+//!   preloaded keys, compare-and-swap transactions.
 //! - `lease-grant`: LeaseGrant throughput and latency (the leases are revoked afterwards).
 //! - `keepalive`: N leases kept alive over ONE LeaseKeepAlive stream, R rounds.
-//! - `register`: Registry.Register throughput (persistent instances, distinct ids).
+//! - `register-kv`: service registration the etcd way (lease grant + put with the lease,
+//!   prefix get to discover, revoke to deregister); runs against both systems.
+//! - `register`: Muster's own Registry.Register (Muster only).
 //! - `watch-latency`: put-ack → receipt latency at W watchers; server memory per watcher.
+//! - `failover-external`: SIGKILL the leader of a running cluster under write load; the write
+//!   gap, recovery times and lost acknowledged writes.
+//! - `failover`: an in-process 3-node Muster cluster; leader kills and recovery times.
+//! - `footprint`: VmRSS of server processes and disk use of their data directories.
+//! - `report`: the side-by-side markdown table of a `scripts/bench-vs-etcd.sh` run.
 //!
-//! Every loop is bounded in count and time; progress is printed once a second.
+//! Every simulated client has its own connection; clients are spread round-robin over the
+//! endpoints. Every loop is bounded in count and time (`--max-secs`); progress goes to stderr
+//! once a second.
+//!
+//! # Layout
+//! - `main.rs`: the command line.
+//! - `load.rs`: the closed-loop driver (W workers, one request in flight each).
+//! - `kv.rs`, `lease.rs`, `registry.rs`, `watch.rs`, `failover.rs`: the benchmarks.
+//! - `footprint.rs`, `report.rs`: resource use and the comparison table.
+//! - `common.rs`: connections, the leader lookup, keys, progress; `stats.rs`: percentiles and
+//!   result output.
 
 mod common;
+mod failover;
+mod footprint;
+mod kv;
 mod lease;
+mod load;
 mod registry;
+mod report;
 mod stats;
 mod watch;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use muster_testkit::TestCluster;
-use stats::Samples;
 
 #[derive(Parser)]
 #[command(
     name = "muster-bench",
-    about = "Benchmarks for Muster (and etcd through the same API)"
+    about = "Benchmarks for Muster and etcd through the same etcd v3 API"
 )]
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
-    /// Print the result as one JSON object instead of a table.
+    /// Print the result as one JSON object instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Comma-separated endpoints (host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "MUSTER_ENDPOINTS",
+        default_value = "127.0.0.1:2379"
+    )]
+    endpoints: String,
+    /// Put the current leader first in the endpoint list (found with Maintenance.Status), so a
+    /// single client, the watch writer and the keep-alive stream talk to the leader.
+    /// failover-external ignores it (it finds the leader itself).
+    #[arg(long, global = true)]
+    leader_first: bool,
+    /// Stop every loop after this many seconds even if its count is not reached.
+    #[arg(long, global = true, default_value_t = 120)]
+    max_secs: u64,
+}
+
+/// How much load: total requests and concurrent clients.
+#[derive(clap::Args, Clone, Copy)]
+struct Load {
+    /// Total requests.
+    #[arg(long, default_value_t = 2000)]
+    count: usize,
+    /// Concurrent clients, each with its own connection and one request in flight.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Put keys through the etcd KV API.
     Put {
-        /// Comma-separated endpoints (host:port).
-        #[arg(long, env = "MUSTER_ENDPOINTS", default_value = "127.0.0.1:2379")]
-        endpoints: String,
-        /// Total puts.
-        #[arg(long, default_value_t = 2000)]
-        count: usize,
-        /// Concurrent clients (each sends one put at a time).
-        #[arg(long, default_value_t = 1)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 16)]
-        key_size: usize,
-        #[arg(long, default_value_t = 128)]
-        value_size: usize,
-        /// Distinct keys (puts cycle through them).
-        #[arg(long, default_value_t = 1000)]
-        keys: usize,
-        /// Stop after this long even if `count` is not reached.
-        #[arg(long, default_value = "120")]
-        max_secs: u64,
+        #[command(flatten)]
+        load: Load,
+        #[command(flatten)]
+        shape: kv::Shape,
     },
-    /// Kill the leader of an in-process 3-node cluster repeatedly; time the recovery.
-    Failover {
-        /// Leader kills.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Use production Raft timing (heartbeat 250 ms, election 1–2 s) instead of test timing.
+    /// Single-key gets of preloaded keys (`--keys` of them, put first).
+    Range {
+        #[command(flatten)]
+        load: Load,
+        #[command(flatten)]
+        shape: kv::Shape,
+        /// Serializable reads (served by any node from its own state) instead of linearizable.
         #[arg(long)]
-        production_timing: bool,
+        serializable: bool,
     },
-    /// LeaseGrant throughput and latency (raw gRPC, workers spread over the endpoints).
+    /// Compare-and-swap transactions: mod_revision(key) == last seen → put, else get.
+    Txn {
+        #[command(flatten)]
+        load: Load,
+        #[command(flatten)]
+        shape: kv::Shape,
+    },
+    /// LeaseGrant throughput and latency.
     LeaseGrant {
-        #[arg(long, env = "MUSTER_ENDPOINTS", default_value = "127.0.0.1:2379")]
-        endpoints: String,
-        #[arg(long, default_value_t = 2000)]
-        count: usize,
-        #[arg(long, default_value_t = 1)]
-        concurrency: usize,
+        #[command(flatten)]
+        load: Load,
         #[arg(long, default_value_t = 60)]
         ttl: i64,
         /// Leave the leases (default: revoke them afterwards, timed separately).
         #[arg(long)]
         keep: bool,
-        #[arg(long, default_value = "120")]
-        max_secs: u64,
     },
-    /// Grant N leases (TTL 60), then keep them all alive over ONE LeaseKeepAlive stream.
+    /// Grant N leases (TTL 60), then keep them all alive over ONE LeaseKeepAlive stream on
+    /// the first endpoint.
     Keepalive {
-        /// The stream goes to the first endpoint; grants are spread over all.
-        #[arg(long, env = "MUSTER_ENDPOINTS", default_value = "127.0.0.1:2379")]
-        endpoints: String,
         #[arg(long, default_value_t = 1000)]
         leases: usize,
         #[arg(long, default_value_t = 10)]
         rounds: usize,
-        /// Concurrency of the setup grants and cleanup revokes.
+        /// Clients for the setup grants and cleanup revokes.
         #[arg(long, default_value_t = 32)]
         grant_concurrency: usize,
-        #[arg(long, default_value = "120")]
-        max_secs: u64,
     },
-    /// Registry.Register throughput: persistent instances with distinct instance ids.
-    Register {
-        #[arg(long, env = "MUSTER_ENDPOINTS", default_value = "127.0.0.1:2379")]
-        endpoints: String,
+    /// Service registration the etcd way: LeaseGrant + Put with the lease per instance, then
+    /// prefix gets per service (discover), then LeaseRevoke (deregister).
+    RegisterKv {
+        #[command(flatten)]
+        load: Load,
+        /// Instances are spread over this many services.
+        #[arg(long, default_value_t = 100)]
+        services: usize,
+        /// Discover calls after the registrations.
         #[arg(long, default_value_t = 2000)]
-        count: usize,
-        #[arg(long, default_value_t = 1)]
-        concurrency: usize,
+        discovers: usize,
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+    },
+    /// Muster's Registry.Register: persistent instances with distinct instance ids.
+    Register {
+        #[command(flatten)]
+        load: Load,
         #[arg(long, default_value = "bench-svc")]
         service: String,
-        #[arg(long, default_value = "120")]
-        max_secs: u64,
     },
-    /// Put-ack → receipt latency at W prefix watchers (spread over the endpoints).
+    /// Put-ack → receipt latency at W prefix watchers (streams spread over the endpoints).
     WatchLatency {
-        /// The writer uses the first endpoint (put the leader first); watch streams use all.
-        #[arg(long, env = "MUSTER_ENDPOINTS", default_value = "127.0.0.1:2379")]
-        endpoints: String,
         #[arg(long, default_value_t = 1)]
         watchers: usize,
         #[arg(long, default_value_t = 200)]
@@ -130,227 +163,176 @@ enum Cmd {
         per_stream: usize,
         #[arg(long, default_value_t = 128)]
         value_size: usize,
-        /// Comma-separated musterd pids: VmRSS is read before and after creating the
-        /// watchers (give every node's pid to cover watchers on all endpoints).
+        /// Comma-separated server pids: VmRSS is read before and after creating the watchers
+        /// (give every node's pid to cover watchers on all endpoints).
+        #[arg(long, alias = "musterd-pid", value_delimiter = ',')]
+        pid: Vec<u32>,
+    },
+    /// SIGKILL the leader of a running cluster while clients write through the other nodes.
+    FailoverExternal {
+        /// Comma-separated pids, one per endpoint, in the same order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        pid: Vec<u32>,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+        /// Milliseconds of writing before the kill.
+        #[arg(long, default_value_t = 2000)]
+        before_ms: u64,
+        /// Milliseconds of writing after the first write acknowledged after the kill.
+        #[arg(long, default_value_t = 2000)]
+        after_ms: u64,
+        /// A put unanswered after this many milliseconds fails and the writer sends the next.
+        #[arg(long, default_value_t = 1000)]
+        request_timeout_ms: u64,
+    },
+    /// Kill the leader of an in-process 3-node Muster cluster repeatedly; time the recovery.
+    Failover {
+        /// Leader kills.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Use production Raft timing (heartbeat 250 ms, election 1–2 s) instead of test timing.
+        #[arg(long)]
+        production_timing: bool,
+    },
+    /// VmRSS of server processes and disk use of data directories.
+    Footprint {
         #[arg(long, value_delimiter = ',')]
-        musterd_pid: Vec<u32>,
-        #[arg(long, default_value = "120")]
-        max_secs: u64,
+        pid: Vec<u32>,
+        #[arg(long, value_delimiter = ',')]
+        dir: Vec<String>,
+        /// Free text naming the moment of the measurement.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Print the markdown comparison table of a bench-vs-etcd run directory.
+    Report {
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
+
+/// Time allowed past `--max-secs` for set-up and clean-up before the whole run is abandoned.
+const GRACE: Duration = Duration::from_secs(30);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    match args.cmd {
-        Cmd::Put {
-            endpoints,
-            count,
-            concurrency,
-            key_size,
-            value_size,
-            keys,
-            max_secs,
-        } => {
-            let eps: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();
-            let r = bench_put(
-                &eps,
-                count,
-                concurrency,
-                key_size,
-                value_size,
-                keys,
-                Duration::from_secs(max_secs),
-            )
-            .await?;
-            r.print("put", args.json);
+    let limit = Duration::from_secs(args.max_secs) + GRACE;
+    let json = args.json;
+    let result = tokio::time::timeout(limit, run(args))
+        .await
+        .map_err(|_| anyhow::anyhow!("abandoned after {limit:?} (--max-secs plus {GRACE:?})"))??;
+    if let Some(result) = result {
+        stats::emit(&result, json);
+    }
+    Ok(())
+}
+
+/// Runs the subcommand; its result, or None when it printed its own output.
+async fn run(args: Args) -> anyhow::Result<Option<serde_json::Value>> {
+    let deadline = Instant::now() + Duration::from_secs(args.max_secs);
+    let eps = common::parse_endpoints(&args.endpoints);
+    let mut ordered = eps.clone();
+    let uses_leader_order = !matches!(
+        args.cmd,
+        Cmd::FailoverExternal { .. }
+            | Cmd::Failover { .. }
+            | Cmd::Footprint { .. }
+            | Cmd::Report { .. }
+    );
+    if args.leader_first && uses_leader_order {
+        let (i, _) = common::find_leader(&eps, Duration::from_secs(10)).await?;
+        ordered.rotate_left(i);
+    }
+    let result = match args.cmd {
+        Cmd::Put { load, shape } => {
+            kv::bench_put(&ordered, load.count, load.concurrency, shape, deadline).await?
         }
-        Cmd::Failover {
-            rounds,
-            production_timing,
-        } => bench_failover(rounds, production_timing, args.json).await?,
-        Cmd::LeaseGrant {
-            endpoints,
-            count,
-            concurrency,
-            ttl,
-            keep,
-            max_secs,
+        Cmd::Range {
+            load,
+            shape,
+            serializable,
         } => {
-            lease::bench_lease_grant(
-                &common::parse_endpoints(&endpoints),
-                count,
-                concurrency,
-                ttl,
-                Duration::from_secs(max_secs),
-                keep,
-                args.json,
+            kv::bench_range(
+                &ordered,
+                load.count,
+                load.concurrency,
+                shape,
+                serializable,
+                deadline,
             )
             .await?
         }
+        Cmd::Txn { load, shape } => {
+            kv::bench_txn(&ordered, load.count, load.concurrency, shape, deadline).await?
+        }
+        Cmd::LeaseGrant { load, ttl, keep } => {
+            lease::bench_lease_grant(&ordered, load.count, load.concurrency, ttl, keep, deadline)
+                .await?
+        }
         Cmd::Keepalive {
-            endpoints,
             leases,
             rounds,
             grant_concurrency,
-            max_secs,
+        } => lease::bench_keepalive(&ordered, leases, rounds, grant_concurrency, deadline).await?,
+        Cmd::RegisterKv {
+            load,
+            services,
+            discovers,
+            ttl,
         } => {
-            lease::bench_keepalive(
-                &common::parse_endpoints(&endpoints),
-                leases,
-                rounds,
-                grant_concurrency,
-                Duration::from_secs(max_secs),
-                args.json,
+            registry::bench_register_kv(
+                &ordered,
+                load.count,
+                load.concurrency,
+                services,
+                discovers,
+                ttl,
+                deadline,
             )
             .await?
         }
-        Cmd::Register {
-            endpoints,
-            count,
-            concurrency,
-            service,
-            max_secs,
-        } => {
-            registry::bench_register(
-                &common::parse_endpoints(&endpoints),
-                count,
-                concurrency,
-                service,
-                Duration::from_secs(max_secs),
-                args.json,
-            )
-            .await?
+        Cmd::Register { load, service } => {
+            registry::bench_register(&ordered, load.count, load.concurrency, &service, deadline)
+                .await?
         }
         Cmd::WatchLatency {
-            endpoints,
             watchers,
             events,
             per_stream,
             value_size,
-            musterd_pid,
-            max_secs,
+            pid,
         } => {
             watch::bench_watch_latency(
-                &common::parse_endpoints(&endpoints),
-                watchers,
-                events,
-                per_stream,
-                value_size,
-                &musterd_pid,
-                Duration::from_secs(max_secs),
-                args.json,
+                &ordered, watchers, events, per_stream, value_size, &pid, deadline,
             )
             .await?
         }
-    }
-    Ok(())
-}
-
-fn key_for(i: usize, key_size: usize) -> String {
-    let k = format!("bench/{i:010}");
-    if k.len() >= key_size {
-        k
-    } else {
-        format!("{k}{}", "k".repeat(key_size - k.len()))
-    }
-}
-
-async fn bench_put(
-    endpoints: &[String],
-    count: usize,
-    concurrency: usize,
-    key_size: usize,
-    value_size: usize,
-    keys: usize,
-    max: Duration,
-) -> anyhow::Result<Samples> {
-    let concurrency = concurrency.max(1);
-    let value = vec![b'v'; value_size];
-    let started = Instant::now();
-    let deadline = started + max;
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for w in 0..concurrency {
-        let client = etcd_client::Client::connect(endpoints, None)
-            .await
-            .context("connecting")?;
-        let value = value.clone();
-        let done = done.clone();
-        let share = count / concurrency + usize::from(w < count % concurrency);
-        tasks.push(tokio::spawn(async move {
-            let mut client = client;
-            let mut lat = Vec::with_capacity(share);
-            for i in 0..share {
-                if Instant::now() >= deadline {
-                    break;
-                }
-                let key = key_for((w + i * concurrency) % keys.max(1), key_size);
-                let t = Instant::now();
-                client.put(key, value.clone(), None).await?;
-                lat.push(t.elapsed());
-                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            anyhow::Ok(lat)
-        }));
-    }
-    let progress = {
-        let done = done.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                eprintln!(
-                    "  … {} / {count} puts",
-                    done.load(std::sync::atomic::Ordering::Relaxed)
-                );
-            }
-        })
-    };
-    let mut all = Vec::with_capacity(count);
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    progress.abort();
-    Ok(Samples::new(all, started.elapsed()))
-}
-
-async fn bench_failover(rounds: usize, production_timing: bool, json: bool) -> anyhow::Result<()> {
-    let mut cluster = TestCluster::start_with(3, |c| {
-        if production_timing {
-            c.raft = muster_server::config::RaftTiming::default();
+        Cmd::FailoverExternal {
+            pid,
+            writers,
+            before_ms,
+            after_ms,
+            request_timeout_ms,
+        } => {
+            let cfg = failover::External {
+                writers,
+                before: Duration::from_millis(before_ms),
+                after: Duration::from_millis(after_ms),
+                request_timeout: Duration::from_millis(request_timeout_ms),
+            };
+            failover::bench_failover_external(&eps, &pid, cfg, deadline).await?
         }
-    })
-    .await?;
-    let mut elect = Vec::new();
-    let mut write = Vec::new();
-    for round in 0..rounds {
-        let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
-        let survivor = cluster
-            .ids()
-            .into_iter()
-            .find(|id| *id != leader)
-            .context("no survivor")?;
-        let mut client =
-            etcd_client::Client::connect([cluster.addr(survivor).to_string()], None).await?;
-        client.put("failover/warmup", "x", None).await?;
-        let killed = Instant::now();
-        cluster.kill(leader).await?;
-        cluster.wait_for_leader(Duration::from_secs(30)).await?;
-        elect.push(killed.elapsed());
-        // The first write that succeeds after the kill (the node waits for a leader itself).
-        client.put(format!("failover/{round}"), "x", None).await?;
-        write.push(killed.elapsed());
-        eprintln!(
-            "  round {}: leader {leader} killed; elected in {:?}, write ok after {:?}",
-            round + 1,
-            elect[round],
-            write[round]
-        );
-        cluster.restart(leader).await?;
-        cluster.wait_converged(Duration::from_secs(30)).await?;
-    }
-    cluster.shutdown().await;
-    Samples::new(elect, Duration::ZERO).print("failover: kill → new leader agreed", json);
-    Samples::new(write, Duration::ZERO).print("failover: kill → first write acknowledged", json);
-    Ok(())
+        Cmd::Failover {
+            rounds,
+            production_timing,
+        } => failover::bench_failover(rounds, production_timing).await?,
+        Cmd::Footprint { pid, dir, label } => footprint::footprint(&label, &pid, &dir)?,
+        Cmd::Report { dir } => {
+            print!("{}", report::render(&dir)?);
+            return Ok(None);
+        }
+    };
+    Ok(Some(result))
 }

@@ -1,5 +1,5 @@
 //! `watch-latency`: event delivery latency from put acknowledgement to receipt at each of W
-//! watchers, plus (optionally) the server memory per watcher.
+//! watchers, plus (optionally, given the server pids) the server memory per watcher.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,22 +12,16 @@ use muster_proto::etcdserverpb::kv_client::KvClient;
 use muster_proto::etcdserverpb::watch_client::WatchClient;
 use muster_proto::etcdserverpb::watch_request::RequestUnion;
 use muster_proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest};
+use muster_types::prefix_end;
+use serde_json::{json, Value};
 
-use crate::common::{channels, progress, vm_rss_kib};
+use crate::common::{connect, progress, run_id, vm_rss_kib, worker_channels};
 use crate::stats::Samples;
 
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
-#[allow(clippy::too_many_arguments)]
+/// `watch-latency`: `watchers` prefix watchers, `per_stream` to a Watch stream (each stream
+/// its own connection, round-robin over the endpoints); one writer on the first endpoint puts
+/// `events` keys. `pids`: server processes whose VmRSS is read before and after creating the
+/// watchers (give every node's pid to cover watchers on all endpoints).
 pub async fn bench_watch_latency(
     endpoints: &[String],
     watchers: usize,
@@ -35,20 +29,13 @@ pub async fn bench_watch_latency(
     per_stream: usize,
     value_size: usize,
     pids: &[u32],
-    max: Duration,
-    json: bool,
-) -> anyhow::Result<()> {
-    let chans = channels(endpoints).await?;
+    deadline: Instant,
+) -> anyhow::Result<Value> {
     let watchers = watchers.max(1);
     let per_stream = per_stream.max(1);
-    let run = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let prefix = format!("watchbench/{run}/").into_bytes();
+    let prefix = format!("watchbench/{}/", run_id()).into_bytes();
     let end = prefix_end(&prefix);
     let started = Instant::now();
-    let deadline = started + max;
 
     let rss_before: Vec<u64> = pids
         .iter()
@@ -63,9 +50,10 @@ pub async fn bench_watch_latency(
     let mut ready = Vec::with_capacity(nstreams);
     eprintln!("creating {watchers} watchers on {nstreams} stream(s)…");
     let p = progress("watchers created", created.clone(), watchers);
-    for s in 0..nstreams {
+    let stream_chans = worker_channels(endpoints, nstreams).await?;
+    for (s, ch) in stream_chans.into_iter().enumerate() {
         let k = per_stream.min(watchers - s * per_stream);
-        let mut client = WatchClient::new(chans[s % chans.len()].clone());
+        let mut client = WatchClient::new(ch);
         let (tx, rx) = futures::channel::mpsc::unbounded::<WatchRequest>();
         for _ in 0..k {
             tx.unbounded_send(WatchRequest {
@@ -136,14 +124,14 @@ pub async fn bench_watch_latency(
             .context("timed out creating watchers")?
             .context("a watch stream failed while creating")?;
     }
-    p.abort();
+    drop(p);
     let create_time = started.elapsed();
     eprintln!(
         "{watchers} watchers created in {:.2}s",
         create_time.as_secs_f64()
     );
 
-    let mut mem = serde_json::Value::Null;
+    let mut mem = Value::Null;
     if !pids.is_empty() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let after: Vec<u64> = pids
@@ -155,23 +143,15 @@ pub async fn bench_watch_latency(
         for ((pid, b), a) in pids.iter().zip(&rss_before).zip(&after) {
             let d = *a as i64 - *b as i64;
             total += d;
-            per_pid.push(serde_json::json!({"pid": pid, "rss_before_kib": b, "rss_after_kib": a, "delta_kib": d}));
-            if !json {
-                println!("memory: pid {pid} VmRSS {b} KiB → {a} KiB (Δ {d} KiB)");
-            }
+            per_pid
+                .push(json!({"pid": pid, "rss_before_kib": b, "rss_after_kib": a, "delta_kib": d}));
         }
         let per_watcher = total as f64 * 1024.0 / watchers as f64;
-        if !json {
-            println!(
-                "memory: Δ {total} KiB over {} process(es) for {watchers} watchers = {per_watcher:.0} bytes/watcher",
-                pids.len()
-            );
-        }
-        mem = serde_json::json!({"per_pid": per_pid, "delta_kib": total, "bytes_per_watcher": per_watcher});
+        mem = json!({"per_pid": per_pid, "delta_kib": total, "bytes_per_watcher": per_watcher});
     }
 
     // One writer: sequential puts, recording the acknowledgement instant per revision.
-    let mut kv = KvClient::new(chans[0].clone());
+    let mut kv = KvClient::new(connect(&endpoints[0]).await?);
     let value = vec![b'v'; value_size];
     let total = watchers * events;
     let p = progress("events received", received.clone(), total);
@@ -224,33 +204,18 @@ pub async fn bench_watch_latency(
             }
         }
     }
-    p.abort();
+    drop(p);
     let missing = (watchers * acks.len()).saturating_sub(got);
     let s = Samples::new(lat, Duration::ZERO);
     let puts = Samples::new(put_lat, write_wall);
     let fs = Samples::new(from_send, Duration::ZERO);
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "what": "watch-latency", "watchers": watchers, "streams": nstreams,
-                "events": acks.len(), "pairs": s.len(), "missing": missing,
-                "received_before_ack": early, "unknown_revision": unknown,
-                "p50_ms": s.ms(50.0), "p90_ms": s.ms(90.0), "p99_ms": s.ms(99.0), "max_ms": s.ms(100.0),
-                "send_to_receipt_p50_ms": fs.ms(50.0), "send_to_receipt_p99_ms": fs.ms(99.0),
-                "put_p50_ms": puts.ms(50.0), "put_p99_ms": puts.ms(99.0),
-                "create_secs": create_time.as_secs_f64(), "memory": mem,
-            })
-        );
-    } else {
-        println!(
-            "watch-latency: {watchers} watchers on {nstreams} stream(s), {} events; {} (watcher, event) pairs, {missing} missing, {early} received before the put ack (counted as 0), {unknown} with unknown revision",
-            acks.len(),
-            s.len()
-        );
-        s.print("watch-latency: put ack → receipt", false);
-        fs.print("watch-latency: put sent → receipt", false);
-        puts.print("watch-latency: writer puts", false);
-    }
-    Ok(())
+    Ok(json!({
+        "what": "watch-latency", "watchers": watchers, "streams": nstreams,
+        "events": acks.len(), "pairs": s.len(), "missing": missing,
+        "received_before_ack": early, "unknown_revision": unknown,
+        "p50_ms": s.ms(50.0), "p90_ms": s.ms(90.0), "p99_ms": s.ms(99.0), "max_ms": s.ms(100.0),
+        "send_to_receipt_p50_ms": fs.ms(50.0), "send_to_receipt_p99_ms": fs.ms(99.0),
+        "writer_puts": puts.json(),
+        "create_secs": create_time.as_secs_f64(), "memory": mem,
+    }))
 }

@@ -106,9 +106,9 @@ impl Command {
             Command::Put(p) => FIXED + p.key.len() + p.value.len(),
             Command::DeleteRange(d) => FIXED + d.range.key.len() + d.range.range_end.len(),
             Command::Txn(t) => txn_size(t),
-            Command::Compact { .. }
-            | Command::LeaseGrant { .. }
-            | Command::LeaseRevoke { .. } => FIXED,
+            Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => {
+                FIXED
+            }
             Command::LeaseExpire { ids } => FIXED + 8 * ids.len(),
             Command::Idempotent { request_id, cmd } => FIXED + request_id.len() + cmd.approx_size(),
             Command::Batch(cmds) => FIXED + cmds.iter().map(Command::approx_size).sum::<usize>(),
