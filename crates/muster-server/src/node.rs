@@ -84,6 +84,7 @@ impl Node {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every_entries),
             max_in_snapshot_log_to_keep: config.raft.logs_kept_after_snapshot,
             enable_pre_vote: Some(true),
+            broadcast_submitted_on_append: Some(config.raft.broadcast_on_append),
             ..Default::default()
         }
         .validate()?;
