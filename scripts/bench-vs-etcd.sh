@@ -123,17 +123,17 @@ EPS="" PIDS="" DIRS=""
 start_etcd_node() {
     local i="$1" c="${ETCD_PORTS[$1 - 1]}" initial="" k
     for k in 1 2 3; do initial+="e$k=http://127.0.0.1:$((ETCD_PORTS[k - 1] + 1)),"; done
-    # Election timeout 1000 ms, randomised by etcd to [1 s, 2 s): Muster's production
-    # election timing. Heartbeat 200 ms, as etcd wants election >= 5 x heartbeat (Muster:
-    # 250 ms). WAL fsync stays on (etcd default). On a restart the data dir wins over the
-    # --initial-cluster flags.
+    # etcd's defaults, spelled out: heartbeat 100 ms, election timeout 1000 ms (randomised by
+    # etcd to [1 s, 2 s)). Muster runs its own defaults (heartbeat 100 ms, election 600-700 ms;
+    # openraft's vote lease makes failover take about min + max, etcd's about 1-2 s). WAL fsync
+    # stays on (etcd default). On a restart the data dir wins over the --initial-cluster flags.
     etcd --name "e$i" --data-dir "$WORK/etcd/e$i" \
         --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
         --listen-peer-urls "http://127.0.0.1:$((c + 1))" \
         --initial-advertise-peer-urls "http://127.0.0.1:$((c + 1))" \
         --initial-cluster "${initial%,}" --initial-cluster-state new \
         --initial-cluster-token bench-vs-etcd \
-        --heartbeat-interval 200 --election-timeout 1000 \
+        --heartbeat-interval 100 --election-timeout 1000 \
         --logger zap --log-level warn >>"$WORK/etcd/e$i.log" 2>&1 &
     ETCD_PIDS[i - 1]=$!
 }
@@ -174,8 +174,8 @@ stop_etcd() {
 # Starts the Muster nodes not running (all of them at first) and reads their pids.
 start_muster() {
     local i pids=()
-    # cluster.sh starts the nodes with production Raft timing (heartbeat 250 ms, election
-    # 1–2 s) and waits for a leader; it prints the endpoints (node 1, 2, 3) on stdout.
+    # cluster.sh starts the nodes with production Raft timing (heartbeat 100 ms, election
+    # 600–700 ms) and waits for a leader; it prints the endpoints (node 1, 2, 3) on stdout.
     EPS="$(bash "$REPO_ROOT/scripts/cluster.sh" start \
         --ports "$(IFS=,; echo "${MUSTER_PORTS[*]}")" --data-dir "$WORK/muster")"
     for i in 1 2 3; do pids+=("$(head -n1 "$WORK/muster/node$i.pid")"); done
@@ -265,8 +265,8 @@ done
     echo "# Muster vs etcd ($(date -u '+%Y-%m-%d %H:%M UTC'))"
     echo
     echo "- Machine: $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)); 3 nodes of each system and the bench client on it, loopback, one system at a time."
-    echo "- etcd: $(etcd --version 2>/dev/null | head -n1 | sed 's/^etcd Version: //') (Debian etcd-server); heartbeat 200 ms (etcd wants election ≥ 5 × heartbeat), election timeout 1000 ms (randomised to 1–2 s); WAL fsync on (default); snapshot every 100,000 entries (default)."
-    echo "- Muster: $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO_ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' (with uncommitted changes)'), release build, scripts/cluster.sh defaults: heartbeat 250 ms, election timeout 1–2 s; Raft log fsync before acknowledging (default); snapshot every 10,000 entries."
+    echo "- etcd: $(etcd --version 2>/dev/null | head -n1 | sed 's/^etcd Version: //') (Debian etcd-server); etcd's default timing: heartbeat 100 ms, election timeout 1000 ms (randomised to 1–2 s); WAL fsync on (default); snapshot every 100,000 entries (default)."
+    echo "- Muster: $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO_ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' (with uncommitted changes)'), release build, scripts/cluster.sh defaults: heartbeat 100 ms, election timeout 600–700 ms (openraft refuses votes for election_max after the last heartbeat, so failover takes about min + max); Raft log fsync before acknowledging (default); snapshot every 10,000 entries."
     echo "- Clients: each its own HTTP/2 connection, spread round-robin over the nodes with the leader first (so 1 client talks to the leader); counts: $( ((QUICK)) && echo 'quick (smoke run, noisy)' || echo default); every run capped at ${MAX_SECS}s."
     echo
     "$BENCH" report --dir "$RAW_DIR"

@@ -191,7 +191,8 @@ enum Cmd {
         /// Leader kills.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        /// Use production Raft timing (heartbeat 250 ms, election 1–2 s) instead of test timing.
+        /// Use production Raft timing (heartbeat 100 ms, election 600–700 ms) instead of test timing
+        /// (100 ms, 0.5–1 s).
         #[arg(long)]
         production_timing: bool,
     },
