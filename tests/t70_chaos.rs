@@ -10,16 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::GetOptions;
 use muster_chaos::linearizability::{self, Budget};
-use muster_chaos::workload::{self, registers, watcher};
+use muster_chaos::workload::{self, counter, registers, watcher, COUNTER};
 use muster_tests::Cluster;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 const CHAOS: Duration = Duration::from_secs(8);
 const T: Duration = Duration::from_secs(20);
-const COUNTER: &str = "chaos/counter";
 
 fn endpoints(cluster: &Cluster) -> Vec<String> {
     cluster
@@ -52,37 +51,6 @@ async fn writer(eps: Vec<String>, w: usize, stop: Arc<AtomicBool>) -> anyhow::Re
     Ok(acked)
 }
 
-/// CAS-increments the counter until `stop`; returns (acknowledged increments, unknown outcomes).
-async fn incrementer(eps: Vec<String>, stop: Arc<AtomicBool>) -> anyhow::Result<(u64, u64)> {
-    let mut c = client(&eps).await?;
-    let (mut acked, mut unknown) = (0, 0);
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(r) = c.get(COUNTER, None).await else {
-            continue;
-        };
-        let cur: u64 = r
-            .kvs()
-            .first()
-            .and_then(|kv| kv.value_str().ok()?.parse().ok())
-            .unwrap_or(0);
-        let cmp = if cur == 0 {
-            Compare::create_revision(COUNTER, CompareOp::Equal, 0)
-        } else {
-            Compare::value(COUNTER, CompareOp::Equal, cur.to_string())
-        };
-        let txn =
-            Txn::new()
-                .when([cmp])
-                .and_then([TxnOp::put(COUNTER, (cur + 1).to_string(), None)]);
-        match c.txn(txn).await {
-            Ok(t) if t.succeeded() => acked += 1,
-            Ok(_) => {}
-            Err(_) => unknown += 1,
-        }
-    }
-    Ok((acked, unknown))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_loses_no_acknowledged_write_and_no_watch_event() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(3).await?;
@@ -91,12 +59,14 @@ async fn chaos_loses_no_acknowledged_write_and_no_watch_event() -> anyhow::Resul
     let writers: Vec<_> = (0..2)
         .map(|w| tokio::spawn(writer(eps.clone(), w, stop.clone())))
         .collect();
-    let inc = tokio::spawn(incrementer(eps.clone(), stop.clone()));
     let settings = workload::Settings {
         endpoints: eps.clone(),
         op_timeout: Duration::from_secs(3),
         max_ops: 1_000_000,
     };
+    // The docker chaos checker's CAS incrementer: one client, so acked ≤ final ≤ acked+unknown.
+    let stop_inc = CancellationToken::new();
+    let inc = tokio::spawn(counter::run(settings.clone(), stop_inc.clone()));
     // The resuming watcher of the docker chaos checker; it runs until it has seen the final
     // revision (sent once the cluster converged), with this bound.
     let (target_tx, target_rx) = tokio::sync::watch::channel(None);
@@ -148,11 +118,13 @@ async fn chaos_loses_no_acknowledged_write_and_no_watch_event() -> anyhow::Resul
     }
     stop.store(true, Ordering::Relaxed);
     stop_registers.cancel();
+    stop_inc.cancel();
     let mut acked_keys = BTreeSet::new();
     for w in writers {
         acked_keys.extend(w.await??);
     }
-    let (acked_incs, unknown_incs) = inc.await??;
+    let incs = inc.await??;
+    let (acked_incs, unknown_incs) = (incs.acked, incs.unknown);
     let histories = regs.await??;
     cluster.wait_converged(T).await?;
     let final_rev = client(&eps)
