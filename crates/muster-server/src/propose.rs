@@ -46,12 +46,14 @@ struct Pending<E> {
 /// ([`Proposer`]) and for a follower's forwards to the leader (`write.rs`). Cheap to clone.
 pub(crate) struct BatchQueue<E> {
     tx: mpsc::UnboundedSender<Pending<E>>,
+    make_error: MakeError<E>,
 }
 
 impl<E> Clone for BatchQueue<E> {
     fn clone(&self) -> Self {
         BatchQueue {
             tx: self.tx.clone(),
+            make_error: self.make_error,
         }
     }
 }
@@ -80,15 +82,12 @@ impl<E: Clone + Send + 'static> BatchQueue<E> {
     {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(Arc::new(send), make_error, stats, rx));
-        BatchQueue { tx }
+        BatchQueue { tx, make_error }
     }
 
     /// Queues `cmd` and waits for its own response.
-    pub(crate) async fn submit(
-        &self,
-        cmd: Command,
-        make_error: MakeError<E>,
-    ) -> Result<CommandResponse, E> {
+    pub(crate) async fn submit(&self, cmd: Command) -> Result<CommandResponse, E> {
+        let make_error = self.make_error;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { cmd, reply })
@@ -216,7 +215,7 @@ impl Proposer {
     /// Proposes `cmd` and waits for it to be applied; fails with NotLeader when this node
     /// does not lead.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, RaftPathError> {
-        self.queue.submit(cmd, internal).await
+        self.queue.submit(cmd).await
     }
 }
 

@@ -172,7 +172,7 @@ impl Node {
     async fn forward(&self, addr: &str, cmd: &Command) -> Result<CommandResponse, Forwarded> {
         self.forwarders
             .queue(&self.peers, addr)
-            .submit(cmd.clone(), forward_internal)
+            .submit(cmd.clone())
             .await
     }
 
