@@ -76,7 +76,6 @@ impl Mvcc {
                 result: Ok(ResponseBody::Batch(responses)),
             });
         }
-        self.history.settle()?;
         // Lease deadlines live in the leader's memory; the only use of time here is forgetting
         // request ids, by the entry's leader time, so every node forgets at the same entry.
         self.dedup.prune(time_ms, batch);

@@ -2,10 +2,11 @@
 //! writing and removing them through the caller's batch, loading one for an old-revision read,
 //! and scanning them for watch catch-up ([`Mvcc::events_since`]).
 //!
-//! Writes of the group being applied sit in the caller's unapplied `sled::Batch`, invisible in the
-//! tree. Apply reads no history except for one case: a Range op inside a Txn at an old revision,
-//! which may need a record written earlier in the same group. `pending` keeps the records written
-//! since the caller last applied its batch so such a read finds them.
+//! Writes sit in the caller's unapplied `sled::Batch`, invisible in the tree, until the caller
+//! writes the batch — the state machine defers that across many applied groups (see its module
+//! doc). `pending` keeps every record written since the caller last wrote its batch, so loads
+//! and scans see the tree and the pending records together: the tree holds every record older
+//! than the oldest pending one, so a scan is the tree's range followed by pending's.
 
 use std::collections::BTreeMap;
 
@@ -31,17 +32,9 @@ impl History {
         }
     }
 
-    /// Forgets pending records once the caller has applied the batch holding them. sled applies
-    /// a batch atomically and batches in order, so the newest pending record being in the tree
-    /// means all of them are. (Compaction removes records from `pending` as well as from the
-    /// batch, so the newest pending record is always one that the batch inserts.)
-    pub fn settle(&mut self) -> Result<(), StoreError> {
-        if let Some((&newest, _)) = self.pending.last_key_value() {
-            if self.tree.contains_key(history_key(newest))? {
-                self.pending.clear();
-            }
-        }
-        Ok(())
+    /// Forgets the pending records: the caller has written the batch holding them to the tree.
+    pub fn persisted(&mut self) {
+        self.pending.clear();
     }
 
     #[cfg(test)]
@@ -78,21 +71,31 @@ impl History {
         }
     }
 
-    /// Every record at or after `from`, in revision order, from the tree (outside apply only).
+    /// Every record at or after `from`, in revision order: the tree's, then the pending ones.
+    /// (Compaction may leave records pending removal in the tree, but only below the compact
+    /// revision, where scans never start.)
     pub fn scan_from(
         &self,
         from: Revision,
-    ) -> impl Iterator<Item = Result<(Revision, HistoryRecord), StoreError>> {
-        self.tree
+    ) -> impl Iterator<Item = Result<(Revision, HistoryRecord), StoreError>> + '_ {
+        let stored = self
+            .tree
             .range(history_key(from).to_vec()..HISTORY_END.to_vec())
             .map(|item| {
                 let (key, value) = item?;
                 Ok((decode_history_key(&key)?, decode_history(&value)?))
-            })
+            });
+        let pending = self
+            .pending
+            .range(from..)
+            .map(|(rev, rec)| Ok((*rev, rec.clone())));
+        stored.chain(pending)
     }
 
     /// Every record, in revision order (for rebuilding the index on open).
-    pub fn scan_all(&self) -> impl Iterator<Item = Result<(Revision, HistoryRecord), StoreError>> {
+    pub fn scan_all(
+        &self,
+    ) -> impl Iterator<Item = Result<(Revision, HistoryRecord), StoreError>> + '_ {
         self.scan_from(Revision { main: 0, sub: 0 })
     }
 }
@@ -107,8 +110,7 @@ impl Mvcc {
     /// and was a put (for an event at exactly the compact revision, it may have been compacted).
     ///
     /// `Err(Compacted)` when `from` is below the compact revision (as in etcd, a watch may start
-    /// at the compact revision itself: compaction keeps every change made at it). Call only
-    /// after the caller's batch is applied.
+    /// at the compact revision itself: compaction keeps every change made at it).
     pub fn events_since(
         &self,
         from: i64,

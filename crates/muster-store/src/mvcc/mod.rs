@@ -159,6 +159,12 @@ impl Mvcc {
         self.compact_revision
     }
 
+    /// The caller has written its batch (every write since the last call) to the tree: history
+    /// reads no longer need the pending copies.
+    pub fn persisted(&mut self) {
+        self.history.persisted();
+    }
+
     /// Number of live keys.
     pub fn key_count(&self) -> usize {
         self.index.live_count()

@@ -48,6 +48,7 @@ impl H {
             })
             .collect();
         self.tree.apply_batch(batch).unwrap();
+        self.mvcc.persisted();
         out
     }
 

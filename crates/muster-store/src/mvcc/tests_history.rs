@@ -317,8 +317,9 @@ fn group_applied_as_one_batch_is_durable_only_with_the_batch() {
 }
 
 #[test]
-fn pending_records_are_dropped_once_their_batch_is_applied() {
+fn pending_records_are_read_with_the_tree_until_the_batch_is_persisted() {
     let mut h = H::new();
+    h.put("a", "0"); // revision 2, in the tree
     let mut events = Vec::new();
     let mut batch = sled::Batch::default();
     h.mvcc
@@ -328,7 +329,7 @@ fn pending_records_are_dropped_once_their_batch_is_applied() {
         .apply(0, &Command::Put(put_req("b", "1")), &mut batch, &mut events)
         .unwrap();
     assert_eq!(h.mvcc.history.pending_len(), 2);
-    // The next apply before the batch is applied keeps them (they are not in the tree yet).
+    // A later group before the batch is written keeps them pending…
     h.mvcc
         .apply(
             0,
@@ -338,14 +339,32 @@ fn pending_records_are_dropped_once_their_batch_is_applied() {
         )
         .unwrap();
     assert_eq!(h.mvcc.history.pending_len(), 2);
+    // …and history reads see the tree's record followed by the pending ones, in order.
+    let all = KeyRange::new(vec![0u8], vec![0u8]); // key \0 .. everything (etcd: range_end \0)
+    let seen: Vec<(Vec<u8>, i64)> = h
+        .mvcc
+        .events_since(0, &all, 0)
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kv.key, e.kv.mod_revision))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(b"a".to_vec(), 2), (b"a".to_vec(), 3), (b"b".to_vec(), 4)]
+    );
+    assert_eq!(h.all_at(3), kv_pairs(&[("a", "1")]));
     h.tree.apply_batch(batch).unwrap();
+    h.mvcc.persisted();
+    assert_eq!(h.mvcc.history.pending_len(), 0);
     let mut batch = sled::Batch::default();
     h.mvcc
         .apply(0, &Command::Put(put_req("c", "1")), &mut batch, &mut events)
         .unwrap();
     assert_eq!(h.mvcc.history.pending_len(), 1);
     h.tree.apply_batch(batch).unwrap();
+    h.mvcc.persisted();
     h.reopen();
-    assert_eq!(h.all_at(3), kv_pairs(&[("a", "1"), ("b", "1")]));
+    assert_eq!(h.all_at(4), kv_pairs(&[("a", "1"), ("b", "1")]));
     assert_eq!(h.mvcc.leases().len(), 1);
 }
