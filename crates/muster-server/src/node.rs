@@ -5,7 +5,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use muster_store::raft::log_store::SledLogStore;
+use muster_store::raft::file_log::FileLogStore;
 use muster_store::raft::state_machine::{SmShared, StateMachineStore};
 use muster_store::raft::{NodeId, Raft};
 use openraft::{BasicNode, SnapshotPolicy};
@@ -71,7 +71,7 @@ impl Node {
             .mode(sled::Mode::HighThroughput)
             .cache_capacity(config.store_cache_bytes)
             .open()?;
-        let log_store = SledLogStore::open(&db)?;
+        let log_store = FileLogStore::open(&dir.join("raft-log"))?;
         let sm = StateMachineStore::open(&db, dir)?;
         let shared = sm.shared();
 

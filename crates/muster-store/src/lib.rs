@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`error`]: [`error::StoreError`], storage failures (fatal to the node).
 //! - [`mvcc`]: the MVCC keyspace, leases and the applier — the only code that changes state.
-//! - [`raft`]: openraft's storage side: type config, sled log store, state machine.
+//! - [`raft`]: openraft's storage side: type config, segment-file log store, state
+//!   machine.
 //! - [`watch`]: the watch hub: fans applied events out to watchers (live queue or catch-up
 //!   from history), with etcd's watch guarantees.
 

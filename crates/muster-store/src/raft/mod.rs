@@ -1,4 +1,4 @@
-//! Everything that touches openraft's storage API: the type configuration, the sled-backed log
+//! Everything that touches openraft's storage API: the type configuration, the segment-file log
 //! store (with group commit) and the state machine that wraps the MVCC keyspace.
 //!
 //! openraft 0.10 is an alpha whose API moves between releases; keeping every openraft-facing
@@ -6,11 +6,12 @@
 //! only.
 //!
 //! Layout:
-//! - [`log_store`]: [`log_store::SledLogStore`], the Raft log and vote in sled; group commit.
+//! - [`file_log`]: [`file_log::FileLogStore`], the Raft log and vote in append-only segment files
+//!   under `<data_dir>/raft-log`; group commit (one write + one fdatasync per group of appends).
 //! - [`state_machine`]: [`state_machine::StateMachineStore`], applies committed entries to
 //!   [`crate::mvcc::Mvcc`], snapshots and installs snapshots.
 
-pub mod log_store;
+pub mod file_log;
 pub mod state_machine;
 #[cfg(test)]
 mod suite_tests;
