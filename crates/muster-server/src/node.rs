@@ -73,6 +73,7 @@ impl Node {
             .open()?;
         let log_store = FileLogStore::open(&dir.join("raft-log"))?;
         let sm = StateMachineStore::open(&db, dir)?;
+        sm.hold_writes_until_durable(log_store.durable_index());
         let shared = sm.shared();
 
         let raft_config = openraft::Config {

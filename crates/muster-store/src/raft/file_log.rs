@@ -41,6 +41,7 @@ use std::io::{self, Write};
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
@@ -280,6 +281,8 @@ impl FileLogReader {
 /// A batch waiting for its fdatasync.
 struct SyncJob {
     file: Arc<File>,
+    /// Index of the batch's last entry: durable once the job's sync succeeds.
+    last_index: u64,
     callback: IOFlushed<TypeConfig>,
 }
 
@@ -291,6 +294,8 @@ pub struct FileLogStore {
     /// Not persisted; see the module doc.
     committed: Option<LogId>,
     sync_tx: mpsc::Sender<SyncJob>,
+    /// Every live entry with an index at or below this is durable (see [`Self::durable_index`]).
+    durable: Arc<AtomicU64>,
 }
 
 impl FileLogStore {
@@ -318,10 +323,13 @@ impl FileLogStore {
             }
         }
 
+        // Whatever recovery found on disk is durable (recovery syncs what it cuts).
+        let durable = Arc::new(AtomicU64::new(state.last_log_id.map_or(0, |l| l.index)));
         let (sync_tx, sync_rx) = mpsc::channel();
+        let durable_in_thread = durable.clone();
         std::thread::Builder::new()
             .name("raft-log-sync".into())
-            .spawn(move || run_sync_thread(sync_rx))?;
+            .spawn(move || run_sync_thread(sync_rx, &durable_in_thread))?;
         Ok(FileLogStore {
             dir: dir.to_path_buf(),
             segment_bytes,
@@ -330,7 +338,15 @@ impl FileLogStore {
             },
             committed: None,
             sync_tx,
+            durable,
         })
+    }
+
+    /// A watermark: every entry in the log with an index at or below it has been synced. The
+    /// state machine holds its deferred writes until the watermark passes what they applied, so
+    /// even after a power loss its store is never ahead of this log.
+    pub fn durable_index(&self) -> Arc<AtomicU64> {
+        self.durable.clone()
     }
 
     /// Creates the segment file for `first_index` and makes its name durable.
@@ -411,15 +427,19 @@ impl FileLogStore {
     }
 
     /// Queues `file`'s sync and `callback` for the sync thread.
-    fn queue_sync(&self, file: Arc<File>, callback: IOFlushed<TypeConfig>) {
-        if let Err(mpsc::SendError(job)) = self.sync_tx.send(SyncJob { file, callback }) {
+    fn queue_sync(&self, file: Arc<File>, last_index: u64, callback: IOFlushed<TypeConfig>) {
+        let job = SyncJob {
+            file,
+            last_index,
+            callback,
+        };
+        if let Err(mpsc::SendError(job)) = self.sync_tx.send(job) {
             // The sync thread is gone: sync inline.
-            let r = job.file.sync_data();
-            job.callback.io_completed(r);
+            sync_group(vec![job], &self.durable);
         }
     }
 
-    fn append_sync(&self, entries: Vec<Entry>) -> io::Result<Option<Arc<File>>> {
+    fn append_sync(&self, entries: Vec<Entry>) -> io::Result<Option<(Arc<File>, u64)>> {
         let Some(first) = entries.first().map(|e| e.log_id.index) else {
             return Ok(None);
         };
@@ -446,11 +466,14 @@ impl FileLogStore {
         seg.offsets.extend(rel.iter().map(|r| at + r));
         seg.len = at + buf.len() as u64;
         st.last_log_id = entries.last().map(|e| e.log_id);
-        Ok(Some(file))
+        Ok(Some((file, first + entries.len() as u64 - 1)))
     }
 
     fn truncate_sync(&self, last: Option<LogId>) -> io::Result<()> {
         let keep_until = last.map_or(0, |l| l.index + 1);
+        // Entries appended later at the dropped indexes are not durable until their own sync.
+        self.durable
+            .fetch_min(keep_until.saturating_sub(1), Ordering::SeqCst);
         let (deleted, truncated) = {
             let mut st = self.reader.write()?;
             let (Some(first_live), Some(next)) = (
@@ -654,19 +677,19 @@ fn recover_segments(dir: &Path, purged: Option<u64>) -> io::Result<VecDeque<Segm
 }
 
 /// The sync thread: one fdatasync per distinct file per drained group, then the callbacks.
-fn run_sync_thread(rx: mpsc::Receiver<SyncJob>) {
+fn run_sync_thread(rx: mpsc::Receiver<SyncJob>, durable: &AtomicU64) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while let Ok(more) = rx.try_recv() {
             group.push(more);
         }
-        sync_group(group);
+        sync_group(group, durable);
     }
 }
 
-/// Syncs each distinct file of `group` once and completes every callback with the outcome.
-/// Returns how many files were synced.
-fn sync_group(group: Vec<SyncJob>) -> usize {
+/// Syncs each distinct file of `group` once, raises `durable` past the group on success and
+/// completes every callback with the outcome. Returns how many files were synced.
+fn sync_group(group: Vec<SyncJob>, durable: &AtomicU64) -> usize {
     let started = Instant::now();
     let mut files: Vec<&Arc<File>> = Vec::new();
     for job in &group {
@@ -683,6 +706,11 @@ fn sync_group(group: Vec<SyncJob>) -> usize {
             batches = group.len(),
             "slow raft log fdatasync"
         );
+    }
+    if result.is_ok() {
+        if let Some(last) = group.iter().map(|j| j.last_index).max() {
+            durable.fetch_max(last, Ordering::SeqCst);
+        }
     }
     for job in group {
         job.callback
@@ -776,7 +804,7 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
         I::IntoIter: OptionalSend,
     {
         match self.append_sync(entries.into_iter().collect())? {
-            Some(file) => self.queue_sync(file, callback),
+            Some((file, last_index)) => self.queue_sync(file, last_index, callback),
             None => callback.io_completed(Ok(())),
         }
         Ok(())

@@ -434,15 +434,18 @@ fn sync_group_syncs_each_file_once_and_completes_all() -> TestResult {
     let b = Arc::new(File::create(tmp.path().join("b"))?);
     let mut rxs = Vec::new();
     let mut group = Vec::new();
-    for file in [&a, &a, &b, &a] {
+    for (i, file) in [&a, &a, &b, &a].into_iter().enumerate() {
         let (tx, rx) = TypeConfig::oneshot();
         group.push(SyncJob {
             file: Arc::clone(file),
+            last_index: 10 + i as u64,
             callback: IOFlushed::signal(tx),
         });
         rxs.push(rx);
     }
-    assert_eq!(sync_group(group), 2);
+    let durable = std::sync::atomic::AtomicU64::new(3);
+    assert_eq!(sync_group(group, &durable), 2);
+    assert_eq!(durable.load(std::sync::atomic::Ordering::SeqCst), 13);
     for mut rx in rxs {
         assert!(matches!(rx.try_recv(), Ok(Ok(()))));
     }
@@ -477,5 +480,26 @@ fn record_round_trip_and_damage() -> TestResult {
             "flip at {at} not detected"
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn durable_index_follows_syncs_truncation_and_reopen() -> TestResult {
+    use std::sync::atomic::Ordering;
+    let tmp = tempfile::tempdir()?;
+    let dir = log_dir(&tmp);
+    let mut store = FileLogStore::open(&dir)?;
+    let durable = store.durable_index();
+    assert_eq!(durable.load(Ordering::SeqCst), 0);
+    append(&mut store, entries(1, 1..=20)).await?;
+    // The callback fired, so the sync that raised the watermark is done.
+    assert_eq!(durable.load(Ordering::SeqCst), 20);
+    store.truncate_after(Some(log_id(1, 12))).await?;
+    assert_eq!(durable.load(Ordering::SeqCst), 12);
+    append(&mut store, entries(2, 13..=15)).await?;
+    assert_eq!(durable.load(Ordering::SeqCst), 15);
+    drop(store);
+    let store = FileLogStore::open(&dir)?;
+    assert_eq!(store.durable_index().load(Ordering::SeqCst), 15);
     Ok(())
 }

@@ -18,6 +18,7 @@
 //! from the history's pending records.
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,9 @@ pub const WRITE_AT_BYTES: usize = 8 << 20;
 /// State shared between the applier and readers.
 pub struct SmShared {
     tree: sled::Tree,
+    /// The Raft log's durable watermark, once [`StateMachineStore::hold_writes_until_durable`]
+    /// is called: deferred writes wait until it reaches the last applied index.
+    log_durable: std::sync::OnceLock<Arc<AtomicU64>>,
     inner: RwLock<SmInner>,
     hub: Arc<WatchHub>,
 }
@@ -82,12 +86,16 @@ impl SmInner {
         Ok(())
     }
 
-    fn write_due(&self) -> bool {
-        self.unwritten.bytes >= WRITE_AT_BYTES
+    /// Whether the unwritten batch should be written now: it is old or big enough, and the
+    /// Raft log is durable through everything it applied (`log_durable`, when given).
+    fn write_due(&self, log_durable: Option<&AtomicU64>) -> bool {
+        let due = self.unwritten.bytes >= WRITE_AT_BYTES
             || self
                 .unwritten
                 .since
-                .is_some_and(|since| since.elapsed() >= WRITE_EVERY)
+                .is_some_and(|since| since.elapsed() >= WRITE_EVERY);
+        let applied = self.last_applied.map_or(0, |l| l.index);
+        due && log_durable.is_none_or(|d| d.load(Ordering::SeqCst) >= applied)
     }
 }
 
@@ -128,7 +136,7 @@ async fn run_write_ticker(shared: Weak<SmShared>) {
             return;
         };
         let mut inner = shared.write();
-        if inner.write_due() {
+        if inner.write_due(shared.log_durable.get().map(|d| &**d)) {
             if let Err(e) = inner.write_unwritten(&shared.tree) {
                 tracing::error!(error = %e, "writing applied state to sled failed");
             }
@@ -180,6 +188,7 @@ impl StateMachineStore {
         ));
         let shared = Arc::new(SmShared {
             tree,
+            log_durable: std::sync::OnceLock::new(),
             hub,
             inner: RwLock::new(SmInner {
                 mvcc,
@@ -196,6 +205,13 @@ impl StateMachineStore {
             db: db.clone(),
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Makes deferred writes wait for the Raft log: `durable` is the log's watermark (every
+    /// entry at or below it is synced). Without it the store may, after a power loss, hold
+    /// applied state newer than the log's synced tail. A second call is ignored.
+    pub fn hold_writes_until_durable(&self, durable: Arc<AtomicU64>) {
+        let _ = self.shared.log_durable.set(durable);
     }
 
     /// The state shared with readers.
@@ -324,7 +340,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .iter()
                 .map(|e| e.kv.key.len() + e.kv.value.len())
                 .sum::<usize>();
-            if inner.write_due() {
+            if inner.write_due(self.shared.log_durable.get().map(|d| &**d)) {
                 inner.write_unwritten(&self.shared.tree)?;
             }
             // Still under the write lock: a watcher catching up under the read lock sees

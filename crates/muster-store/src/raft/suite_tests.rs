@@ -29,6 +29,7 @@ impl StoreBuilder<TypeConfig, FileLogStore, StateMachineStore, TempDir> for File
             .map_err(|e| StorageError::read(source(&e)))?;
         let sm =
             StateMachineStore::open(&db, dir.path()).map_err(|e| StorageError::read(source(&e)))?;
+        sm.hold_writes_until_durable(log.durable_index());
         Ok((dir, log, sm))
     }
 }
