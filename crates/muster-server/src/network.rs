@@ -1,19 +1,29 @@
 //! The Raft network, client side: one lazily connected tonic `Channel` per peer address,
 //! openraft RPCs sent as bincode payloads over `muster.raft.v1.RaftTransport`.
 //! The server side is `grpc/raft_service.rs`.
+//!
+//! Replication runs over `AppendStream`, one long-lived bidirectional gRPC stream per openraft
+//! replication session: requests are pipelined (the next one goes out before the previous
+//! answer) and each costs one DATA frame instead of a whole unary call (headers, trailers,
+//! routing) on both ends. A request left unanswered for the RPC deadline, or an injected
+//! partition, ends the stream with an error; openraft then opens a new one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
 
 use muster_proto::raftpb::raft_transport_client::RaftTransportClient;
 use muster_proto::raftpb::RaftPayload;
 use muster_store::raft::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use openraft::{BasicNode, RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
@@ -214,8 +224,174 @@ impl PeerConnection {
     }
 }
 
+/// Send times of the requests of one `AppendStream` still waiting for their answer, oldest
+/// first (answers come in request order).
+type Outstanding = Arc<Mutex<VecDeque<Instant>>>;
+
+/// Requests of one `AppendStream` that may await their answers at once. A small window keeps
+/// the batching that waiting gives: entries proposed while a request is out travel together
+/// in the next one (measured: fully pipelined streams sent one small request per entry and
+/// cost followers more CPU per put at 64 clients than unary calls did).
+pub const APPEND_WINDOW: usize = 1;
+
+fn lock_outstanding(o: &Outstanding) -> std::sync::MutexGuard<'_, VecDeque<Instant>> {
+    o.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Answers of one `AppendStream`, decoded; ends with an error when the oldest request has
+/// waited longer than `timeout` or the peer has been cut off by fault injection.
+fn append_replies(
+    mut replies: tonic::Streaming<RaftPayload>,
+    outstanding: Outstanding,
+    window: Arc<tokio::sync::Semaphore>,
+    peers: Arc<PeerChannels>,
+    addr: String,
+    timeout: Duration,
+) -> impl Stream<Item = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
+    async_stream_replies(move |yield_tx| async move {
+        let mut tick = tokio::time::interval(timeout / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let item = tokio::select! {
+                item = replies.next() => item,
+                _ = tick.tick() => {
+                    if peers.is_blocked(&addr) {
+                        let e = PeerError::Blocked { addr: addr.clone() };
+                        let _ = yield_tx.send(Err(to_rpc_error(e))).await;
+                        return;
+                    }
+                    let oldest = lock_outstanding(&outstanding).front().copied();
+                    if oldest.is_some_and(|t| t.elapsed() > timeout) {
+                        let status = tonic::Status::deadline_exceeded(format!(
+                            "no append reply within {timeout:?}"
+                        ));
+                        let e = PeerError::Rpc { addr: addr.clone(), status };
+                        let _ = yield_tx.send(Err(to_rpc_error(e))).await;
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let out = match item {
+                None => return,
+                Some(Err(status)) => Err(to_rpc_error(PeerError::Rpc {
+                    addr: addr.clone(),
+                    status,
+                })),
+                Some(Ok(payload)) => {
+                    lock_outstanding(&outstanding).pop_front();
+                    window.add_permits(1);
+                    decode::<StreamAppendResult<TypeConfig>>(&payload)
+                        .map_err(|e| to_rpc_error(PeerError::Codec(e)))
+                }
+            };
+            let end = out.is_err();
+            if yield_tx.send(out).await.is_err() || end {
+                return;
+            }
+        }
+    })
+}
+
+/// A stream fed by a task: `body` sends items into the channel it is given. (The reply loop
+/// needs `select!` across awaits, which a plain combinator chain cannot express.)
+fn async_stream_replies<T, F, Fut>(body: F) -> impl Stream<Item = T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let task = tokio::spawn(body(tx));
+    // Dropping the stream (openraft ends the session) stops the task.
+    let guard = AbortOnDrop(task);
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+        let _ = &guard;
+        item
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = SnapshotData;
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        // Same deadline rule as `append_entries`, applied to each request's answer.
+        let timeout = option.soft_ttl().max(self.append_timeout_floor);
+        let peers = self.peers.clone();
+        let addr = self.addr.clone();
+        Box::pin(async move {
+            let mut client = peers.client(&addr).map_err(to_rpc_error)?;
+            let outstanding: Outstanding = Arc::default();
+            let sent = outstanding.clone();
+            let (cut_peers, cut_addr) = (peers.clone(), addr.clone());
+            // At most APPEND_WINDOW requests out: the next is taken from openraft only once
+            // an answer frees a slot.
+            let window = Arc::new(tokio::sync::Semaphore::new(APPEND_WINDOW));
+            let gate = window.clone();
+            let gated = futures::stream::unfold((input, gate), |(mut input, gate)| async move {
+                gate.acquire().await.ok()?.forget();
+                let req = input.next().await?;
+                Some((req, (input, gate)))
+            });
+            // An encoding failure or an injected partition ends the requests; openraft then
+            // gets the answers to what was sent and opens a new stream.
+            let mut requests = Box::pin(
+                gated
+                    .map(|req| encode(&req))
+                    .take_while(move |r| {
+                        std::future::ready(r.is_ok() && !cut_peers.is_blocked(&cut_addr))
+                    })
+                    .filter_map(move |r| {
+                        if r.is_ok() {
+                            lock_outstanding(&sent).push_back(Instant::now());
+                        }
+                        std::future::ready(r.ok())
+                    }),
+            );
+            // The stream is opened only once openraft hands over its first request: producing
+            // it runs openraft's back-off, so an unreachable peer is retried at the back-off's
+            // pace instead of in a tight loop of failing opens.
+            let Some(first) = requests.next().await else {
+                if peers.is_blocked(&addr) {
+                    return Err(to_rpc_error(PeerError::Blocked { addr }));
+                }
+                return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
+            };
+            let requests = futures::stream::once(std::future::ready(first)).chain(requests);
+            let opened = tokio::time::timeout(timeout, client.append_stream(requests)).await;
+            let replies = match opened {
+                Ok(Ok(resp)) => resp.into_inner(),
+                Ok(Err(status)) => return Err(to_rpc_error(PeerError::Rpc { addr, status })),
+                Err(_) => {
+                    let status = tonic::Status::deadline_exceeded("opening the append stream");
+                    return Err(to_rpc_error(PeerError::Rpc { addr, status }));
+                }
+            };
+            let replies = append_replies(replies, outstanding, window, peers, addr, timeout);
+            Ok(Box::pin(replies) as BoxStream<'s, _>)
+        })
+    }
 
     async fn append_entries(
         &mut self,

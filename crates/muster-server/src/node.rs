@@ -86,6 +86,10 @@ impl Node {
             max_in_snapshot_log_to_keep: config.raft.logs_kept_after_snapshot,
             enable_pre_vote: Some(true),
             broadcast_submitted_on_append: Some(config.raft.broadcast_on_append),
+            // A restarted leader must win a new election (standard Raft): neither the
+            // committed log id nor every applied entry is durable (docs/design.md, Storage),
+            // so a leader restored without one could serve reads from a stale state machine.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()?;

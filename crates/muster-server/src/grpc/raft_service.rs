@@ -2,14 +2,17 @@
 //! read-index requests forwarded by followers, and lease keep-alive / time-to-live requests
 //! forwarded to the leader's lease keeper. Payloads are bincode; see `network.rs`.
 
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
 
 use muster_proto::raftpb::raft_transport_server::RaftTransport;
 use muster_proto::raftpb::RaftPayload;
 use muster_store::raft::{Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use muster_types::Command;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::lease_keeper::LeaseKeeper;
 use crate::membership::MembershipChange;
@@ -38,8 +41,37 @@ fn remote<E: std::fmt::Display>(e: E) -> RemoteRaftError {
     }
 }
 
+/// Replies of an `AppendStream` call.
+type AppendReplies = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
+    type AppendStreamStream = AppendReplies;
+
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<AppendReplies>, Status> {
+        // Requests are decoded until the first transport or decode error, which ends the input:
+        // openraft then answers what it has taken and the stream ends, so replies never get out
+        // of step with requests.
+        let requests = req
+            .into_inner()
+            .map(|item| {
+                item.ok()
+                    .and_then(|p| decode::<AppendEntriesRequest<TypeConfig>>(&p).ok())
+            })
+            .take_while(|r| std::future::ready(r.is_some()))
+            .filter_map(std::future::ready);
+        let replies = self.node.raft.stream_append(requests).map(|r| match r {
+            Ok(result) => {
+                encode(&result).map_err(|e| Status::internal(format!("encoding raft reply: {e}")))
+            }
+            Err(fatal) => Err(Status::unavailable(format!("raft stopped: {fatal}"))),
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+
     async fn append_entries(
         &self,
         req: Request<RaftPayload>,
