@@ -7,6 +7,9 @@
 //! - `vote` and `purged`: the bincode of the last saved vote and of the last purged log id, each
 //!   replaced crash-atomically (write `*.tmp`, fsync, rename, fsync the directory).
 //!
+//! Layout: `record` (the record format), `sync` (the group-commit thread), `disk` (meta files,
+//! segment listing, recovery at open), `tests`.
+//!
 //! Record format (little endian):
 //! `[u32 payload_len][u32 crc32(index bytes ++ payload)][u64 log index][payload = bincode(Entry)]`.
 //!
@@ -37,19 +40,27 @@
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use serde::{de::DeserializeOwned, Serialize};
 
-use super::{io_err, Entry, LogId, TypeConfig, Vote};
+use super::{Entry, LogId, TypeConfig, Vote};
+
+mod disk;
+mod record;
+mod sync;
+
+#[cfg(test)]
+use disk::list_segments;
+use disk::{read_meta, recover_segments, write_meta};
+use record::{encode_record, parse_record, Parsed};
+use sync::{run_sync_thread, sync_group, SyncJob};
 
 /// Size past which the current segment is closed and the next append starts a new one.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -85,86 +96,6 @@ fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
 /// Makes creations, renames and deletions of entries in `dir` durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-fn record_crc(index: u64, payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&index.to_le_bytes());
-    h.update(payload);
-    h.finalize()
-}
-
-fn le_u32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    u32::from_le_bytes(a)
-}
-
-fn le_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(a)
-}
-
-/// Appends one record for `entry` to `buf`.
-fn encode_record(buf: &mut Vec<u8>, entry: &Entry) -> io::Result<()> {
-    let start = buf.len();
-    buf.extend_from_slice(&[0u8; HEADER_LEN]);
-    bincode::serialize_into(&mut *buf, entry).map_err(io_err)?;
-    let payload = &buf[start + HEADER_LEN..];
-    let len = u32::try_from(payload.len()).map_err(|_| {
-        invalid_input(format!(
-            "log entry {} encodes to {} bytes, more than a record can hold",
-            entry.log_id.index,
-            payload.len()
-        ))
-    })?;
-    let index = entry.log_id.index;
-    let crc = record_crc(index, payload);
-    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    buf[start + 8..start + 16].copy_from_slice(&index.to_le_bytes());
-    Ok(())
-}
-
-/// What [`parse_record`] found at the start of a buffer.
-#[derive(Debug, PartialEq, Eq)]
-enum Parsed<'a> {
-    /// A complete record with a good crc; `len` is its total length including the header.
-    Record {
-        index: u64,
-        payload: &'a [u8],
-        len: usize,
-    },
-    /// The buffer ends before the record does.
-    Short,
-    /// The record is complete but fails its checks.
-    Corrupt(&'static str),
-}
-
-fn parse_record(buf: &[u8]) -> Parsed<'_> {
-    if buf.len() < HEADER_LEN {
-        return Parsed::Short;
-    }
-    let payload_len = le_u32(&buf[0..4]) as usize;
-    let crc = le_u32(&buf[4..8]);
-    let index = le_u64(&buf[8..16]);
-    if payload_len == 0 {
-        // bincode of an Entry is never empty; an all-zero header is typically a zero-filled
-        // region from a crash.
-        return Parsed::Corrupt("empty payload");
-    }
-    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + payload_len) else {
-        return Parsed::Short;
-    };
-    if record_crc(index, payload) != crc {
-        return Parsed::Corrupt("crc mismatch");
-    }
-    Parsed::Record {
-        index,
-        payload,
-        len: HEADER_LEN + payload_len,
-    }
 }
 
 /// One segment file and where its live entries are.
@@ -276,14 +207,6 @@ impl FileLogReader {
     fn write(&self) -> io::Result<RwLockWriteGuard<'_, State>> {
         self.state.write().map_err(|_| poisoned())
     }
-}
-
-/// A batch waiting for its fdatasync.
-struct SyncJob {
-    file: Arc<File>,
-    /// Index of the batch's last entry: durable once the job's sync succeeds.
-    last_index: u64,
-    callback: IOFlushed<TypeConfig>,
 }
 
 /// The Raft log store on segment files; see the module doc.
@@ -564,161 +487,6 @@ impl FileLogStore {
     }
 }
 
-fn read_meta<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>> {
-    let path = dir.join(name);
-    match fs::read(&path) {
-        Ok(bytes) => bincode::deserialize(&bytes)
-            .map(Some)
-            .map_err(|e| invalid_data(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Replaces `dir/name` crash-atomically: the file holds either the old or the new value.
-fn write_meta<T: Serialize>(dir: &Path, name: &str, v: &T) -> io::Result<()> {
-    let bytes = bincode::serialize(v).map_err(io_err)?;
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)
-}
-
-/// Lists `dir`'s segment files sorted by first index.
-fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    for ent in fs::read_dir(dir)? {
-        let path = ent?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some(SEGMENT_EXT) {
-            continue;
-        }
-        let first = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| invalid_data(format!("{}: bad segment file name", path.display())))?;
-        out.push((first, path));
-    }
-    out.sort_by_key(|(first, _)| *first);
-    Ok(out)
-}
-
-/// Scans every segment (see the module doc for the rules) and builds the in-memory index.
-fn recover_segments(dir: &Path, purged: Option<u64>) -> io::Result<VecDeque<Segment>> {
-    let files = list_segments(dir)?;
-    let mut segments = VecDeque::with_capacity(files.len());
-    let count = files.len();
-    for (n, (first_index, path)) in files.into_iter().enumerate() {
-        let is_last = n + 1 == count;
-        if let Some(prev) = segments.back().map(|s: &Segment| s.next_index()) {
-            if first_index != prev {
-                return Err(invalid_data(format!(
-                    "{}: segment starts at index {first_index}, expected {prev} (the index after \
-                     the previous segment's last record)",
-                    path.display()
-                )));
-            }
-        }
-        let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        let data = fs::read(&path)?;
-        let mut pos = 0usize;
-        let mut next = first_index;
-        let mut offsets = VecDeque::new();
-        let mut base = None;
-        while pos < data.len() {
-            match parse_record(&data[pos..]) {
-                Parsed::Record { index, len, .. } => {
-                    if index != next {
-                        return Err(invalid_data(format!(
-                            "{}: record at offset {pos} has index {index}, expected {next}",
-                            path.display()
-                        )));
-                    }
-                    if purged.is_none_or(|p| index > p) {
-                        base.get_or_insert(index);
-                        offsets.push_back(pos as u64);
-                    }
-                    pos += len;
-                    next += 1;
-                }
-                bad if is_last => {
-                    tracing::warn!(
-                        path = %path.display(),
-                        offset = pos,
-                        dropped_bytes = data.len() - pos,
-                        record = ?bad,
-                        "raft log: cutting a torn write at the end of the last segment"
-                    );
-                    file.set_len(pos as u64)?;
-                    file.sync_data()?;
-                    break;
-                }
-                bad => {
-                    return Err(invalid_data(format!(
-                        "{}: {bad:?} record at offset {pos} in a segment that is not the last",
-                        path.display()
-                    )));
-                }
-            }
-        }
-        segments.push_back(Segment {
-            path,
-            file: Arc::new(file),
-            base: base.unwrap_or(next),
-            offsets,
-            len: pos as u64,
-        });
-    }
-    Ok(segments)
-}
-
-/// The sync thread: one fdatasync per distinct file per drained group, then the callbacks.
-fn run_sync_thread(rx: mpsc::Receiver<SyncJob>, durable: &AtomicU64) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            group.push(more);
-        }
-        sync_group(group, durable);
-    }
-}
-
-/// Syncs each distinct file of `group` once, raises `durable` past the group on success and
-/// completes every callback with the outcome. Returns how many files were synced.
-fn sync_group(group: Vec<SyncJob>, durable: &AtomicU64) -> usize {
-    let started = Instant::now();
-    let mut files: Vec<&Arc<File>> = Vec::new();
-    for job in &group {
-        if !files.iter().any(|f| Arc::ptr_eq(f, &job.file)) {
-            files.push(&job.file);
-        }
-    }
-    let synced = files.len();
-    let result = files.iter().try_for_each(|f| f.sync_data());
-    let ms = started.elapsed().as_millis();
-    if ms > SLOW_SYNC_MS {
-        tracing::warn!(
-            sync_ms = ms as u64,
-            batches = group.len(),
-            "slow raft log fdatasync"
-        );
-    }
-    if result.is_ok() {
-        if let Some(last) = group.iter().map(|j| j.last_index).max() {
-            durable.fetch_max(last, Ordering::SeqCst);
-        }
-    }
-    for job in group {
-        job.callback
-            .io_completed(result.as_ref().map(|_| ()).map_err(clone_err));
-    }
-    synced
-}
-
 /// `[start, end)` of a range of log indexes.
 fn bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
     let start = match range.start_bound() {
@@ -820,5 +588,4 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
 }
 
 #[cfg(test)]
-#[path = "file_log_tests.rs"]
 mod tests;
