@@ -238,85 +238,79 @@ fn lock_outstanding(o: &Outstanding) -> std::sync::MutexGuard<'_, VecDeque<Insta
     o.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What the reply stream of one `AppendStream` carries between items.
+struct ReplyState {
+    replies: tonic::Streaming<RaftPayload>,
+    outstanding: Outstanding,
+    window: Arc<tokio::sync::Semaphore>,
+    peers: Arc<PeerChannels>,
+    addr: String,
+    timeout: Duration,
+    tick: tokio::time::Interval,
+    /// An error was yielded: the stream ends.
+    done: bool,
+}
+
 /// Answers of one `AppendStream`, decoded; ends with an error when the oldest request has
 /// waited longer than `timeout` or the peer has been cut off by fault injection.
 fn append_replies(
-    mut replies: tonic::Streaming<RaftPayload>,
+    replies: tonic::Streaming<RaftPayload>,
     outstanding: Outstanding,
     window: Arc<tokio::sync::Semaphore>,
     peers: Arc<PeerChannels>,
     addr: String,
     timeout: Duration,
 ) -> impl Stream<Item = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
-    async_stream_replies(move |yield_tx| async move {
-        let mut tick = tokio::time::interval(timeout / 4);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let item = tokio::select! {
-                item = replies.next() => item,
-                _ = tick.tick() => {
-                    if peers.is_blocked(&addr) {
-                        let e = PeerError::Blocked { addr: addr.clone() };
-                        let _ = yield_tx.send(Err(to_rpc_error(e))).await;
-                        return;
-                    }
-                    let oldest = lock_outstanding(&outstanding).front().copied();
-                    if oldest.is_some_and(|t| t.elapsed() > timeout) {
-                        let status = tonic::Status::deadline_exceeded(format!(
-                            "no append reply within {timeout:?}"
-                        ));
-                        let e = PeerError::Rpc { addr: addr.clone(), status };
-                        let _ = yield_tx.send(Err(to_rpc_error(e))).await;
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let out = match item {
-                None => return,
-                Some(Err(status)) => Err(to_rpc_error(PeerError::Rpc {
-                    addr: addr.clone(),
-                    status,
-                })),
-                Some(Ok(payload)) => {
-                    lock_outstanding(&outstanding).pop_front();
-                    window.add_permits(1);
-                    decode::<StreamAppendResult<TypeConfig>>(&payload)
-                        .map_err(|e| to_rpc_error(PeerError::Codec(e)))
-                }
-            };
-            let end = out.is_err();
-            if yield_tx.send(out).await.is_err() || end {
-                return;
-            }
+    let mut tick = tokio::time::interval(timeout / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = ReplyState {
+        replies,
+        outstanding,
+        window,
+        peers,
+        addr,
+        timeout,
+        tick,
+        done: false,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
         }
+        let out = loop {
+            tokio::select! {
+                item = st.replies.next() => match item {
+                    None => return None,
+                    Some(Err(status)) => {
+                        let addr = st.addr.clone();
+                        break Err(to_rpc_error(PeerError::Rpc { addr, status }));
+                    }
+                    Some(Ok(payload)) => {
+                        lock_outstanding(&st.outstanding).pop_front();
+                        st.window.add_permits(1);
+                        break decode::<StreamAppendResult<TypeConfig>>(&payload)
+                            .map_err(|e| to_rpc_error(PeerError::Codec(e)));
+                    }
+                },
+                _ = st.tick.tick() => {
+                    if st.peers.is_blocked(&st.addr) {
+                        break Err(to_rpc_error(PeerError::Blocked { addr: st.addr.clone() }));
+                    }
+                    let oldest = lock_outstanding(&st.outstanding).front().copied();
+                    if oldest.is_some_and(|t| t.elapsed() > st.timeout) {
+                        let status = tonic::Status::deadline_exceeded(format!(
+                            "no append reply within {:?}",
+                            st.timeout
+                        ));
+                        let addr = st.addr.clone();
+                        break Err(to_rpc_error(PeerError::Rpc { addr, status }));
+                    }
+                }
+            }
+        };
+        st.done = out.is_err();
+        Some((out, st))
     })
-}
-
-/// A stream fed by a task: `body` sends items into the channel it is given. (The reply loop
-/// needs `select!` across awaits, which a plain combinator chain cannot express.)
-fn async_stream_replies<T, F, Fut>(body: F) -> impl Stream<Item = T>
-where
-    T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let task = tokio::spawn(body(tx));
-    // Dropping the stream (openraft ends the session) stops the task.
-    let guard = AbortOnDrop(task);
-    tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
-        let _ = &guard;
-        item
-    })
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
