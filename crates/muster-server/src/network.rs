@@ -254,25 +254,8 @@ struct ReplyState {
 /// Answers of one `AppendStream`, decoded; ends with an error when the oldest request has
 /// waited longer than `timeout` or the peer has been cut off by fault injection.
 fn append_replies(
-    replies: tonic::Streaming<RaftPayload>,
-    outstanding: Outstanding,
-    window: Arc<tokio::sync::Semaphore>,
-    peers: Arc<PeerChannels>,
-    addr: String,
-    timeout: Duration,
+    state: ReplyState,
 ) -> impl Stream<Item = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
-    let mut tick = tokio::time::interval(timeout / 4);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = ReplyState {
-        replies,
-        outstanding,
-        window,
-        peers,
-        addr,
-        timeout,
-        tick,
-        done: false,
-    };
     futures::stream::unfold(state, |mut st| async move {
         if st.done {
             return None;
@@ -382,7 +365,19 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                     return Err(to_rpc_error(PeerError::Rpc { addr, status }));
                 }
             };
-            let replies = append_replies(replies, outstanding, window, peers, addr, timeout);
+            // Ticks check the reply deadline and injected partitions between replies.
+            let mut tick = tokio::time::interval(timeout / 4);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let replies = append_replies(ReplyState {
+                replies,
+                outstanding,
+                window,
+                peers,
+                addr,
+                timeout,
+                tick,
+                done: false,
+            });
             Ok(Box::pin(replies) as BoxStream<'s, _>)
         })
     }
