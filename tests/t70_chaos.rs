@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use etcd_client::GetOptions;
 use muster_chaos::linearizability::{self, Budget};
 use muster_chaos::workload::{self, counter, registers, watcher, COUNTER};
@@ -78,7 +79,20 @@ async fn chaos_loses_no_acknowledged_write_and_no_watch_event() -> anyhow::Resul
         op_timeout: Duration::from_secs(1),
         ..settings
     };
-    let regs = tokio::spawn(registers::run(lin_settings, 3, 4, stop_registers.clone()));
+    let (regs_running, regs_started) = tokio::sync::oneshot::channel();
+    let regs = tokio::spawn(registers::run(
+        lin_settings,
+        3,
+        4,
+        stop_registers.clone(),
+        Some(regs_running),
+    ));
+    // Faults while the register clients run: wait until their initial reads are done (on a
+    // loaded machine that took the whole fault phase, leaving nothing to check).
+    tokio::time::timeout(T, regs_started)
+        .await
+        .context("register clients did not start")?
+        .context("register workload ended before its clients started")?;
 
     // The nemesis. Holding a fault for a while IS the scenario, hence the sleeps below.
     let mut faults = Vec::new();
@@ -245,7 +259,10 @@ async fn chaos_loses_no_acknowledged_write_and_no_watch_event() -> anyhow::Resul
     );
     assert!(
         lin.keys.len() == 4 && lin.ops_ok() > 10,
-        "the register clients made progress"
+        "the register clients made progress: {} keys, {} ops ok, {} unknown",
+        lin.keys.len(),
+        lin.ops_ok(),
+        lin.ops_unknown()
     );
     cluster.shutdown().await;
     Ok(())

@@ -217,6 +217,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         args.lin_clients,
         args.lin_keys,
         stop.clone(),
+        None,
     ));
     let reg_tasks: Vec<_> = (0..args.registrants)
         .map(|r| {

@@ -28,6 +28,7 @@ pub async fn run(
     clients: usize,
     keys: usize,
     stop: CancellationToken,
+    running: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> anyhow::Result<Vec<KeyHistory>> {
     if clients == 0 || keys == 0 {
         return Ok(Vec::new());
@@ -57,6 +58,10 @@ pub async fn run(
             tokio::spawn(client_loop(settings, id, names, start, run_id, stop))
         })
         .collect();
+    // The initial reads are done and the clients loop: a caller may start its faults now.
+    if let Some(tx) = running {
+        let _ = tx.send(());
+    }
     for t in tasks {
         for (k, op) in t.await?? {
             histories[k].ops.push(op);

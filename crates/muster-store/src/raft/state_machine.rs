@@ -119,11 +119,6 @@ impl SmShared {
             .write()
             .unwrap_or_else(|p| panic!("state machine lock poisoned: {p}"))
     }
-
-    /// Writes whatever applied state is still unwritten (shutdown, tests, the ticker).
-    pub fn write_unwritten(&self) -> io::Result<()> {
-        self.write().write_unwritten(&self.tree)
-    }
 }
 
 /// Writes deferred state once it is due when applies have stopped; ends with the state machine.
