@@ -25,6 +25,20 @@ async fn put_n(
     Ok(acked)
 }
 
+/// The keys under `prefix`, in order (a linearizable read through `client`).
+async fn keys_under(client: &mut etcd_client::Client, prefix: &str) -> anyhow::Result<Vec<String>> {
+    let r = client
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await?;
+    Ok(r.kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_kill_loses_no_acknowledged_write() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(3).await?;
@@ -51,20 +65,10 @@ async fn leader_kill_loses_no_acknowledged_write() -> anyhow::Result<()> {
     info!("--- step: writes after the kill");
     acked.extend(put_n(&mut client, "fo/after", 50).await?);
 
-    let r = client
-        .get(
-            "fo/",
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
-        .await?;
-    let present: Vec<String> = r
-        .kvs()
-        .iter()
-        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-        .collect();
     acked.sort();
     assert_eq!(
-        present, acked,
+        keys_under(&mut client, "fo/").await?,
+        acked,
         "every acknowledged write is present, nothing else"
     );
 
@@ -118,6 +122,53 @@ async fn whole_cluster_restart_recovers_state() -> anyhow::Result<()> {
     assert!(
         r.header().map(|h| h.revision()) >= rev,
         "revision never goes back"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A follower forwards writes over one long-lived stream to the leader. Cut off from the
+/// cluster, it must refuse writes without sending them (a refused put is never applied later),
+/// and once healed its next writes must go through a fresh stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarding_follower_refuses_while_cut_off_and_recovers() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.wait_for_leader(T).await?;
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap_or(1);
+    let mut through_follower = etcd(&cluster, follower).await?;
+    let mut acked = put_n(&mut through_follower, "cut/before", 5).await?;
+
+    info!(
+        follower,
+        "--- step: isolate the follower; its writes must fail"
+    );
+    cluster.isolate(follower)?;
+    let refused = through_follower.put("cut/refused", "x", None).await;
+    assert!(
+        refused.is_err(),
+        "a put through an isolated follower was acknowledged: {refused:?}"
+    );
+
+    info!("--- step: heal; writes through the follower resume");
+    cluster.heal();
+    wait_until(T, "a put through the healed follower", || {
+        let mut c = through_follower.clone();
+        async move { c.put("cut/after-heal", "x", None).await.ok() }
+    })
+    .await?;
+    acked.push("cut/after-heal".to_string());
+    acked.extend(put_n(&mut through_follower, "cut/after", 5).await?);
+
+    let mut on_leader = etcd(&cluster, leader).await?;
+    acked.sort();
+    assert_eq!(
+        keys_under(&mut on_leader, "cut/").await?,
+        acked,
+        "every acknowledged write is on the leader, and the refused one is not"
     );
     cluster.shutdown().await;
     Ok(())

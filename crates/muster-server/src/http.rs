@@ -140,8 +140,8 @@ pub fn render_metrics(node: &Node, leases: &LeaseKeeper) -> String {
                 "Writes this node forwarded to the leader (as follower).",
             ),
             (
-                "muster_forward_calls_total",
-                "Forward calls those writes were batched into.",
+                "muster_forward_messages_total",
+                "Forward messages those writes were batched into.",
             ),
         ),
     ];

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod conn;
 pub mod error;
+mod forward_stream;
 pub mod grpc;
 pub mod http;
 pub mod lease_keeper;

@@ -74,6 +74,20 @@ fn fresh_id(taken: &BTreeSet<NodeId>) -> NodeId {
     }
 }
 
+fn summary_of(
+    id: NodeId,
+    membership: &openraft::Membership<NodeId, BasicNode>,
+) -> MembershipChanged {
+    MembershipChanged {
+        id,
+        voters: membership.voter_ids().collect(),
+        nodes: membership
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect(),
+    }
+}
+
 impl Node {
     /// Runs one membership step, retrying while an earlier change is still uncommitted (a new
     /// leader has not yet committed the config it inherited, or a previous change is in flight):
@@ -107,14 +121,19 @@ impl Node {
             .borrow_watched()
             .membership_config
             .clone();
-        let membership = m.membership();
-        MembershipChanged {
-            id,
-            voters: membership.voter_ids().collect(),
-            nodes: membership
-                .nodes()
-                .map(|(id, n)| (*id, n.addr.clone()))
-                .collect(),
+        summary_of(id, m.membership())
+    }
+
+    /// The membership a change committed, from its own answer: this node's metrics may not
+    /// show it yet when the call returns.
+    fn committed_summary(
+        &self,
+        id: NodeId,
+        resp: &openraft::raft::ClientWriteResponse<TypeConfig>,
+    ) -> MembershipChanged {
+        match &resp.membership {
+            Some(m) => summary_of(id, m),
+            None => self.membership_summary(id),
         }
     }
 
@@ -123,7 +142,7 @@ impl Node {
         &self,
         change: MembershipChange,
     ) -> Result<MembershipChanged, RaftPathError> {
-        let id = match change {
+        let summary = match change {
             MembershipChange::Add { addr, learner } => {
                 let current = self.membership_summary(0);
                 if let Some((id, _)) = current.nodes.iter().find(|(_, a)| **a == addr) {
@@ -134,17 +153,19 @@ impl Node {
                 let id = fresh_id(&current.nodes.keys().copied().collect());
                 // Non-blocking: the new node may not be running yet (etcd's order is add, then
                 // start).
-                self.settled(|| self.raft.add_learner(id, BasicNode::new(&addr), false))
+                let mut resp = self
+                    .settled(|| self.raft.add_learner(id, BasicNode::new(&addr), false))
                     .await?;
                 if !learner {
-                    self.settled(|| {
-                        self.raft
-                            .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
-                    })
-                    .await?;
+                    resp = self
+                        .settled(|| {
+                            self.raft
+                                .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
+                        })
+                        .await?;
                 }
                 tracing::info!(node_id = self.id, new_member = id, %addr, learner, "member added");
-                id
+                self.committed_summary(id, &resp)
             }
             MembershipChange::Promote { id } => {
                 let current = self.membership_summary(id);
@@ -158,13 +179,14 @@ impl Node {
                         reason: format!("member {id} is not a learner"),
                     });
                 }
-                self.settled(|| {
-                    self.raft
-                        .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
-                })
-                .await?;
+                let resp = self
+                    .settled(|| {
+                        self.raft
+                            .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
+                    })
+                    .await?;
                 tracing::info!(node_id = self.id, member = id, "member promoted");
-                id
+                self.committed_summary(id, &resp)
             }
             MembershipChange::Remove { id } => {
                 let current = self.membership_summary(id);
@@ -173,7 +195,7 @@ impl Node {
                         reason: format!("member {id} not found"),
                     });
                 }
-                if current.voters.contains(&id) {
+                let resp = if current.voters.contains(&id) {
                     if current.voters.len() == 1 {
                         return Err(RaftPathError::Rejected {
                             reason: "cannot remove the last voter".into(),
@@ -183,14 +205,14 @@ impl Node {
                         self.raft
                             .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
                     })
-                    .await?;
+                    .await?
                 } else {
                     self.settled(|| {
                         self.raft
                             .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
                     })
-                    .await?;
-                }
+                    .await?
+                };
                 tracing::info!(node_id = self.id, member = id, "member removed");
                 if let Some(addr) = current.nodes.get(&id) {
                     // Best effort: a node that is down learns it when it next contacts us.
@@ -210,10 +232,10 @@ impl Node {
                         );
                     }
                 }
-                id
+                self.committed_summary(id, &resp)
             }
         };
-        Ok(self.membership_summary(id))
+        Ok(summary)
     }
 
     /// Applies `change` through the leader (forwarded one hop when this node follows).

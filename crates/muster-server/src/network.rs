@@ -85,7 +85,7 @@ impl PeerChannels {
             .clear();
     }
 
-    fn is_blocked(&self, addr: &str) -> bool {
+    pub(crate) fn is_blocked(&self, addr: &str) -> bool {
         self.blocked
             .lock()
             .unwrap_or_else(|p| p.into_inner())

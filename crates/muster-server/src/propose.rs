@@ -1,13 +1,13 @@
 //! Proposal batching: the one place this node hands commands to its Raft.
 //!
 //! Every write proposed on this node (client writes while it leads, writes forwarded to it by
-//! followers, the lease keeper's expiries) goes through one [`Proposer`] queue. Its loop keeps at
-//! most [`MAX_IN_FLIGHT`] proposals open at a time; while they are all open, new commands wait
-//! in the queue, and the next free slot takes everything queued (up to [`MAX_BATCH_COMMANDS`]
-//! commands / [`MAX_BATCH_BYTES`]) as ONE log entry, a [`Command::Batch`]. One client alone is
-//! proposed at once, on its own, so batching adds no latency when there is no contention; under
-//! load one append, one fsync and one replication round carry many commands (group commit at
-//! the proposal level, as etcd does it with its proposal queue).
+//! followers, the lease keeper's expiries) goes through one [`Proposer`] queue. Its loop keeps
+//! [`PROPOSALS_IN_FLIGHT`] proposal open at a time; while it is open, new commands wait in the
+//! queue, and the next proposal takes everything queued (up to [`MAX_BATCH_COMMANDS`] commands /
+//! [`MAX_BATCH_BYTES`]) as ONE log entry, a [`Command::Batch`]. One client alone is proposed at
+//! once, on its own, so batching adds no latency when there is no contention; under load one
+//! append, one fsync and one replication round carry many commands (group commit at the
+//! proposal level, as etcd does it with its proposal queue).
 //!
 //! Each command of a batch is applied exactly as if it were its own entry (its own revision,
 //! its own response), so batching is invisible to clients: concurrent requests may be ordered
@@ -26,8 +26,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::error::RaftPathError;
 
 /// Proposals open at once. More slots pipeline better at moderate load; fewer make bigger
-/// batches under heavy load. Measured with `scripts/bench-vs-etcd.sh` (see docs/design.md).
-pub const MAX_IN_FLIGHT: usize = 2;
+/// batches under heavy load. One measured best from 4 to 64 clients once followers stopped
+/// holding their forwards back (docs/design.md, Proposal batching).
+pub const PROPOSALS_IN_FLIGHT: usize = 1;
 /// Most commands in one batch entry.
 pub const MAX_BATCH_COMMANDS: usize = 512;
 /// A batch stops growing past this estimate of its size (a single larger command is still
@@ -63,7 +64,7 @@ impl<E> Clone for BatchQueue<E> {
 pub struct BatchStats {
     /// Commands submitted.
     pub commands: AtomicU64,
-    /// Sends (log entries proposed, or forward calls made); commands / sends = mean batch.
+    /// Sends (log entries proposed, or forward messages sent); commands / sends = mean batch.
     pub sends: AtomicU64,
 }
 
@@ -73,15 +74,20 @@ pub(crate) type MakeError<E> = fn(String) -> E;
 
 impl<E: Clone + Send + 'static> BatchQueue<E> {
     /// Starts the batching loop; `send` delivers one command (a single one, or a batch) and
-    /// returns its response. Must be called inside a tokio runtime; the loop ends when every
-    /// handle is dropped.
-    pub(crate) fn start<F, Fut>(send: F, make_error: MakeError<E>, stats: Arc<BatchStats>) -> Self
+    /// returns its response; at most `in_flight` sends run at once. Must be called inside a
+    /// tokio runtime; the loop ends when every handle is dropped.
+    pub(crate) fn start<F, Fut>(
+        send: F,
+        in_flight: usize,
+        make_error: MakeError<E>,
+        stats: Arc<BatchStats>,
+    ) -> Self
     where
         F: Fn(Command) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<CommandResponse, E>> + Send + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(Arc::new(send), make_error, stats, rx));
+        tokio::spawn(run(Arc::new(send), in_flight, make_error, stats, rx));
         BatchQueue { tx, make_error }
     }
 
@@ -99,6 +105,7 @@ impl<E: Clone + Send + 'static> BatchQueue<E> {
 
 async fn run<E, F, Fut>(
     send: Arc<F>,
+    in_flight: usize,
     make_error: MakeError<E>,
     stats: Arc<BatchStats>,
     mut rx: mpsc::UnboundedReceiver<Pending<E>>,
@@ -107,7 +114,7 @@ async fn run<E, F, Fut>(
     F: Fn(Command) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<CommandResponse, E>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let slots = Arc::new(Semaphore::new(in_flight));
     loop {
         // Take a slot before looking at the queue: while every slot is busy, requests pile
         // up and the next batch takes them all.
@@ -201,6 +208,7 @@ impl Proposer {
                 let raft = raft.clone();
                 async move { client_write(&raft, cmd).await }
             },
+            PROPOSALS_IN_FLIGHT,
             internal,
             stats.clone(),
         );

@@ -1,7 +1,7 @@
 //! The write path and the linearizable-read barrier.
 //!
 //! A write goes to the local Raft if this node leads; otherwise it is forwarded, one hop, to
-//! the leader (`RaftTransport.Forward`). The leader never forwards again: if leadership moved,
+//! the leader (`RaftTransport.ForwardStream`, see [`crate::forward_stream`]). The leader never forwards again: if leadership moved,
 //! the caller gets Unavailable with a leader hint. While no leader is known (an election), the
 //! request waits up to `leader_wait` for one.
 //!
@@ -19,27 +19,25 @@ use openraft::ReadPolicy;
 use tokio::time::Instant;
 
 use crate::error::RaftPathError;
+use crate::forward_stream::{ForwardStream, Forwarded, FORWARD_TIMEOUT};
 use crate::network::call;
 use crate::network::PeerChannels;
 use crate::node::Node;
 use crate::propose::{not_leader, BatchQueue, BatchStats};
 use std::sync::Arc;
 
-/// How a forwarded write failed.
-#[derive(Clone)]
-enum Forwarded {
-    /// No connection to the leader could be made: the request was not delivered.
-    NotSent(String),
-    /// The leader answered with an error, or the outcome is unknown.
-    Failed(RaftPathError),
-}
-
 fn forward_internal(reason: String) -> Forwarded {
     Forwarded::Failed(RaftPathError::Internal { reason })
 }
 
+/// Forwarded messages a follower keeps open at once. Forwards are cheap messages on one
+/// stream, and holding them back makes them miss the leader's next batch: measured at 16
+/// clients over 3 nodes, 2 in flight gave ~2,400 puts/s and 64 gave ~3,500 (docs/design.md).
+/// The leader bounds each stream too (`grpc/raft_service.rs`).
+const FORWARDS_IN_FLIGHT: usize = 64;
+
 /// A follower's forward queues, one per leader address: concurrent writes on a follower travel
-/// to the leader as one `Forward` call carrying a [`Command::Batch`] (see [`crate::propose`]).
+/// to the leader as one message on its `ForwardStream` carrying a [`Command::Batch`] (see [`crate::propose`]).
 #[derive(Default)]
 pub struct Forwarders {
     queues: std::sync::Mutex<std::collections::HashMap<String, BatchQueue<Forwarded>>>,
@@ -47,7 +45,7 @@ pub struct Forwarders {
 }
 
 impl Forwarders {
-    /// Commands forwarded and the `Forward` calls that carried them.
+    /// Commands forwarded and the messages that carried them.
     pub fn stats(&self) -> &BatchStats {
         &self.stats
     }
@@ -63,9 +61,13 @@ impl Forwarders {
         // Leaders change rarely and addresses are members': the map stays small, but drop
         // queues of other addresses so a long-lived follower does not collect them.
         queues.clear();
-        let (peers, target) = (peers.clone(), addr.to_string());
+        let stream = Arc::new(ForwardStream::new(peers.clone(), addr.to_string()));
         let q = BatchQueue::start(
-            move |cmd| forward_one(peers.clone(), target.clone(), cmd),
+            move |cmd| {
+                let stream = stream.clone();
+                async move { stream.send(&cmd).await }
+            },
+            FORWARDS_IN_FLIGHT,
             forward_internal,
             self.stats.clone(),
         );
@@ -73,34 +75,6 @@ impl Forwarders {
         q
     }
 }
-
-async fn forward_one(
-    peers: Arc<PeerChannels>,
-    addr: String,
-    cmd: Command,
-) -> Result<CommandResponse, Forwarded> {
-    tracing::debug!(leader = addr, cmd = cmd.name(), "forwarding write");
-    let r: Result<Result<CommandResponse, RaftPathError>, _> = call(
-        &peers,
-        &addr,
-        FORWARD_TIMEOUT,
-        &cmd,
-        |mut c, r| async move { c.forward(r).await },
-    )
-    .await;
-    match r {
-        Ok(inner) => inner.map_err(Forwarded::Failed),
-        Err(e) if e.was_not_sent() => Err(Forwarded::NotSent(e.to_string())),
-        // The request may have reached the leader before the connection broke.
-        Err(e) => Err(Forwarded::Failed(RaftPathError::LeaderUnreachable {
-            addr,
-            reason: e.to_string(),
-        })),
-    }
-}
-
-/// How long one forwarded request may take before the follower gives up on it.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Node {
     /// Proposes `cmd` on this node's Raft (batched with concurrent proposals, see

@@ -1,10 +1,13 @@
-//! `muster.raft.v1.RaftTransport`, server side: openraft RPCs from peers, plus writes and
-//! read-index requests forwarded by followers, and lease keep-alive / time-to-live requests
+//! `muster.raft.v1.RaftTransport`, server side: openraft RPCs from peers, plus writes (over
+//! one stream per follower, see `forward_stream.rs`) and read-index requests forwarded by
+//! followers, and lease keep-alive / time-to-live requests
 //! forwarded to the leader's lease keeper. Payloads are bincode; see `network.rs`.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 
 use muster_proto::raftpb::raft_transport_server::RaftTransport;
@@ -44,9 +47,89 @@ fn remote<E: std::fmt::Display>(e: E) -> RemoteRaftError {
 /// Replies of an `AppendStream` call.
 type AppendReplies = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
 
+/// Answers of a `ForwardStream` call.
+type ForwardReplies = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
+/// Commands of one `ForwardStream` proposed at once; past this its requests wait, and HTTP/2
+/// flow control holds the follower back.
+const FORWARD_STREAM_IN_FLIGHT: usize = 256;
+
+/// One `ForwardStream`: its requests (None once they ended) and the commands being proposed.
+struct ForwardState {
+    requests: Option<Streaming<RaftPayload>>,
+    proposing: FuturesUnordered<BoxFuture<'static, Result<RaftPayload, Status>>>,
+    node: Arc<Node>,
+    leases: Arc<LeaseKeeper>,
+}
+
+/// The next answer of a `ForwardStream`, in completion order; takes new requests while it
+/// waits. Ends once the requests have ended and every command taken is answered, or with the
+/// first malformed request.
+async fn next_forward_answer(
+    mut st: ForwardState,
+) -> Option<(Result<RaftPayload, Status>, ForwardState)> {
+    loop {
+        let taking = st.requests.is_some() && st.proposing.len() < FORWARD_STREAM_IN_FLIGHT;
+        if !taking && st.proposing.is_empty() {
+            return None;
+        }
+        let ForwardState {
+            requests,
+            proposing,
+            ..
+        } = &mut st;
+        let next_request = async {
+            match requests.as_mut() {
+                Some(r) => r.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(answer) = proposing.next(), if !proposing.is_empty() => {
+                return Some((answer, st));
+            }
+            item = next_request, if taking => match item {
+                Some(Ok(payload)) => match decode::<(u64, Command)>(&payload) {
+                    Ok((id, cmd)) => {
+                        let (node, leases) = (st.node.clone(), st.leases.clone());
+                        st.proposing.push(Box::pin(propose_forwarded(node, leases, id, cmd)));
+                    }
+                    Err(e) => {
+                        st.requests = None;
+                        st.proposing.clear();
+                        return Some((Err(bad_payload(e)), st));
+                    }
+                },
+                // The follower closed its side (or the connection broke): answer what was
+                // taken, then end.
+                Some(Err(_)) | None => st.requests = None,
+            }
+        }
+    }
+}
+
+/// Proposes one forwarded command on this node's Raft (never a second hop) and encodes its
+/// answer with the follower's id.
+async fn propose_forwarded(
+    node: Arc<Node>,
+    leases: Arc<LeaseKeeper>,
+    id: u64,
+    cmd: Command,
+) -> Result<RaftPayload, Status> {
+    // The lease keeper learns of grants and revokes from their answers; only those commands
+    // are kept for it.
+    let observed = LeaseKeeper::observes(&cmd).then(|| cmd.clone());
+    let r = node.write_local(cmd).await;
+    if let (Some(cmd), Ok(resp)) = (&observed, &r) {
+        leases.observe(cmd, resp);
+    }
+    encode(&(id, r)).map_err(|e| Status::internal(format!("encoding a forward answer: {e}")))
+}
+
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
     type AppendStreamStream = AppendReplies;
+    type ForwardStreamStream = ForwardReplies;
 
     async fn append_stream(
         &self,
@@ -111,14 +194,20 @@ impl RaftTransport for RaftService {
         )
     }
 
-    async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let cmd: Command = decode(req.get_ref()).map_err(bad_payload)?;
-        // Only the local Raft: a forwarded request never takes a second hop.
-        let r = self.node.write_local(cmd.clone()).await;
-        if let Ok(resp) = &r {
-            self.leases.observe(&cmd, resp);
-        }
-        reply(&r)
+    async fn forward_stream(
+        &self,
+        req: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<ForwardReplies>, Status> {
+        let state = ForwardState {
+            requests: Some(req.into_inner()),
+            proposing: FuturesUnordered::new(),
+            node: self.node.clone(),
+            leases: self.leases.clone(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            state,
+            next_forward_answer,
+        ))))
     }
 
     async fn read_index(

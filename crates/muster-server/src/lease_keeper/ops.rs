@@ -112,6 +112,17 @@ impl LeaseKeeper {
     /// Tells the keeper about a lease write this node applied as leader (its own, or one a
     /// follower forwarded), so a new lease's deadline starts now rather than at the next
     /// reconcile. Ignored unless this node's keeper is active.
+    /// Whether [`Self::observe`] has anything to learn from `cmd`'s answer, so callers keep a
+    /// copy of only those commands.
+    pub fn observes(cmd: &Command) -> bool {
+        match cmd {
+            Command::Batch(cmds) => cmds.iter().any(Self::observes),
+            Command::Idempotent { cmd, .. } => Self::observes(cmd),
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => true,
+            _ => false,
+        }
+    }
+
     pub fn observe(&self, cmd: &Command, resp: &CommandResponse) {
         let cmd = match (cmd, &resp.result) {
             // A follower's batched forward: each command has its own response.
