@@ -3,8 +3,12 @@
 # (scripts/cluster.sh) on loopback, one system at a time, every scenario driven by the same
 # muster-bench through the etcd v3 API; then a markdown table with a Muster/etcd ratio per figure.
 #
-# Usage: scripts/bench-vs-etcd.sh [--quick] [--out FILE] [--systems etcd,muster] [--no-build]
-#   --quick         small counts: a smoke run of about 2 minutes (default: about 10 minutes)
+# Usage: scripts/bench-vs-etcd.sh [--quick] [--repeat N] [--out FILE] [--systems etcd,muster]
+#                                 [--no-build]
+#   --quick         small counts: a smoke run of about a minute (default: about 3 minutes)
+#   --repeat N      run everything N times, the systems alternating (etcd, Muster, etcd, …), and
+#                   report each figure's median over the N runs: on a shared machine single
+#                   runs of either system vary by ±15% (default 1)
 #   --out FILE      the table (default target/bench/bench-vs-etcd.md); the raw JSON and stderr
 #                   log of every run go beside it, in FILE-without-.md-raw/<system>/<scenario>.*
 #   --systems LIST  only these systems (default etcd,muster)
@@ -17,14 +21,16 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$REPO_ROOT/target/bench/bench-vs-etcd.md"
 SYSTEMS="etcd,muster"
 QUICK=0
+REPEAT=1
 BUILD=1
 while (($# > 0)); do
     case "$1" in
         --quick) QUICK=1; shift ;;
+        --repeat) REPEAT="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --systems) SYSTEMS="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-vs-etcd.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -34,6 +40,7 @@ die() {
     printf 'bench-vs-etcd.sh: error: %s\n' "$*" >&2
     exit 1
 }
+[[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || die "--repeat needs a positive count, got '$REPEAT'"
 
 # ---------------------------------------------------------------- parameters (both systems)
 
@@ -169,6 +176,8 @@ stop_etcd() {
     for p in "${ETCD_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${ETCD_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     ETCD_PIDS=()
+    # Each repetition starts from empty data dirs, as Muster's does.
+    rm -rf "$WORK/etcd/e1" "$WORK/etcd/e2" "$WORK/etcd/e3"
 }
 
 # Starts the Muster nodes not running (all of them at first) and reads their pids.
@@ -215,11 +224,12 @@ while IFS='|' read -r name desc systems args; do
     printf '%s\t%s\t%s\t%s\n' "$name" "$desc" "$systems" "$args" >>"$RAW_DIR/scenarios.tsv"
 done <<<"$SCENARIOS"
 
-# run_all SYSTEM: every scenario of SYSTEM against the running cluster ($EPS, $PIDS, $DIRS).
-# A failover scenario runs FO_ROUNDS times (<name>.r<k>.json), the killed node restarted
-# after each round.
+# run_all SYSTEM REP: every scenario of SYSTEM against the running cluster ($EPS, $PIDS, $DIRS),
+# repetition REP of REPEAT. A failover scenario runs FO_ROUNDS times, the killed node restarted
+# after each round. Each run writes <name>.json, or <name>.r<k>.json when a scenario runs more
+# than once in all (the table takes the median over the k).
 run_all() {
-    local sys="$1" dir="$RAW_DIR/$1" name desc systems args args_now rounds r out argv
+    local sys="$1" rep="$2" dir="$RAW_DIR/$1" name desc systems args args_now rounds r k out argv
     mkdir -p "$dir"
     while IFS='|' read -r name desc systems args; do
         [[ -n "$name" && ",$systems," == *",$sys,"* ]] || continue
@@ -227,10 +237,11 @@ run_all() {
         [[ "$args" != failover-external* ]] || rounds=$FO_ROUNDS
         for ((r = 1; r <= rounds; r++)); do
             out="$name"
-            ((rounds == 1)) || out="$name.r$r"
+            k=$(((rep - 1) * rounds + r))
+            ((rounds * REPEAT == 1)) || out="$name.r$k"
             args_now="${args//\{PIDS\}/$PIDS}"
             read -r -a argv <<<"${args_now//\{DIRS\}/$DIRS}"
-            say "$sys: $desc$( ((rounds == 1)) || echo ", round $r/$rounds") (muster-bench ${argv[*]})"
+            say "$sys: $desc$( ((rounds * REPEAT == 1)) || echo ", run $k/$((rounds * REPEAT))") (muster-bench ${argv[*]})"
             # A failed run leaves no JSON (the table says "failed") and the rest still run.
             if "$BENCH" --json --leader-first --endpoints "$EPS" --max-secs "$MAX_SECS" \
                 "${argv[@]}" >"$dir/$out.json.part" 2> >(tee "$dir/$out.log" >&2); then
@@ -248,15 +259,17 @@ run_all() {
 }
 
 started=$SECONDS
-for sys in etcd muster; do
-    [[ ",$SYSTEMS," == *",$sys,"* ]] || continue
-    say "starting $sys (3 nodes)"
-    "start_$sys"
-    wait_ready "$sys"
-    say "$sys is up: endpoints $EPS, pids $PIDS"
-    run_all "$sys"
-    say "stopping $sys"
-    "stop_$sys"
+for ((rep = 1; rep <= REPEAT; rep++)); do
+    for sys in etcd muster; do
+        [[ ",$SYSTEMS," == *",$sys,"* ]] || continue
+        say "starting $sys (3 nodes)$( ((REPEAT == 1)) || echo ", repetition $rep/$REPEAT")"
+        "start_$sys"
+        wait_ready "$sys"
+        say "$sys is up: endpoints $EPS, pids $PIDS"
+        run_all "$sys" "$rep"
+        say "stopping $sys"
+        "stop_$sys"
+    done
 done
 
 # ---------------------------------------------------------------- the table
@@ -267,7 +280,7 @@ done
     echo "- Machine: $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)); 3 nodes of each system and the bench client on it, loopback, one system at a time."
     echo "- etcd: $(etcd --version 2>/dev/null | head -n1 | sed 's/^etcd Version: //') (Debian etcd-server); etcd's default timing: heartbeat 100 ms, election timeout 1000 ms (randomised to 1–2 s); WAL fsync on (default); snapshot every 100,000 entries (default)."
     echo "- Muster: $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO_ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' (with uncommitted changes)'), release build, scripts/cluster.sh defaults: heartbeat 100 ms, election timeout 600–700 ms (openraft refuses votes for election_max after the last heartbeat, so failover takes about min + max); Raft log fsync before acknowledging (default); snapshot every 10,000 entries."
-    echo "- Clients: each its own HTTP/2 connection, spread round-robin over the nodes with the leader first (so 1 client talks to the leader); counts: $( ((QUICK)) && echo 'quick (smoke run, noisy)' || echo default); every run capped at ${MAX_SECS}s."
+    echo "- Clients: each its own HTTP/2 connection, spread round-robin over the nodes with the leader first (so 1 client talks to the leader); counts: $( ((QUICK)) && echo 'quick (smoke run, noisy)' || echo default); every run capped at ${MAX_SECS}s.$( ((REPEAT == 1)) || echo " Everything ran $REPEAT times, the systems alternating (a fresh cluster each time); each figure is the median of the $REPEAT runs (failover: of $((REPEAT * FO_ROUNDS)) rounds).")"
     echo
     "$BENCH" report --dir "$RAW_DIR"
 } >"$OUT"
