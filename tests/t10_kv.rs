@@ -392,3 +392,61 @@ async fn concurrent_writes_are_batched_yet_each_gets_its_own_revision() -> anyho
     );
     Ok(())
 }
+
+/// Concurrent linearizable reads share read-index rounds, on the leader and on a follower, and
+/// each still sees the write acknowledged before it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_linearizable_reads_share_rounds_and_see_prior_writes() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    const READERS: usize = 50;
+    const ROUNDS: usize = 5;
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.wait_for_leader(T).await?;
+    let mut writer = etcd(&cluster, leader).await?;
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap_or(1);
+    let readers = [
+        (leader, etcd(&cluster, leader).await?),
+        (follower, etcd(&cluster, follower).await?),
+    ];
+    for round in 0..ROUNDS {
+        let want = format!("v{round}");
+        writer.put("lin/k", want.clone(), None).await?;
+        let mut tasks = Vec::new();
+        for (id, client) in &readers {
+            for _ in 0..READERS {
+                let (mut c, id) = (client.clone(), *id);
+                tasks.push(tokio::spawn(async move {
+                    let r = c.get("lin/k", None).await?;
+                    let got = r.kvs().first().map(|kv| kv.value().to_vec());
+                    anyhow::Ok((id, got))
+                }));
+            }
+        }
+        for t in tasks {
+            let (id, got) = t.await??;
+            assert_eq!(
+                got.as_deref(),
+                Some(want.as_bytes()),
+                "a linearizable read on node {id} missed the write acknowledged before it"
+            );
+        }
+    }
+    for (id, _) in &readers {
+        let stats = cluster.node(*id)?.read_rounds.stats();
+        let (reads, rounds) = (stats.reads.load(Relaxed), stats.rounds.load(Relaxed));
+        assert!(
+            reads >= (READERS * ROUNDS) as u64,
+            "node {id} counted {reads} reads"
+        );
+        assert!(
+            rounds < reads,
+            "node {id}: {reads} concurrent reads shared {rounds} rounds"
+        );
+    }
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -151,6 +151,18 @@ pub fn render_metrics(node: &Node, leases: &LeaseKeeper) -> String {
         gauge(commands, commands_help, load(&stats.commands));
         gauge(sends, sends_help, load(&stats.sends));
     }
+    let rounds = node.read_rounds.stats();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    gauge(
+        "muster_linearizable_reads_total",
+        "Linearizable reads (and other read barriers) that asked for a read index.",
+        load(&rounds.reads) as f64,
+    );
+    gauge(
+        "muster_read_index_rounds_total",
+        "Read-index rounds those reads shared.",
+        load(&rounds.rounds) as f64,
+    );
     gauge(
         "muster_store_db_bytes",
         "Size of the sled database on disk.",

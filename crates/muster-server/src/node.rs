@@ -42,6 +42,8 @@ pub struct Node {
     pub proposer: Proposer,
     /// A follower's batched forwards to the leader.
     pub forwarders: crate::write::Forwarders,
+    /// Read-index rounds shared by concurrent linearizable reads (see [`crate::read`]).
+    pub read_rounds: crate::read::ReadRounds,
     pub sm: Arc<SmShared>,
     pub config: NodeConfig,
     /// The address peers and clients reach this node at.
@@ -111,8 +113,9 @@ impl Node {
             reason: e.to_string(),
         })?;
 
-        let node = Arc::new(Node {
+        let node = Arc::new_cyclic(|weak| Node {
             id: config.node_id,
+            read_rounds: crate::read::ReadRounds::start(weak.clone()),
             proposer: Proposer::start(raft.clone()),
             forwarders: Default::default(),
             raft,

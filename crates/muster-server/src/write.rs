@@ -196,9 +196,26 @@ impl Node {
     /// Blocks until this node's state machine reflects every write acknowledged before the call.
     pub async fn linearizable_barrier(&self) -> Result<(), RaftPathError> {
         let deadline = Instant::now() + self.config.leader_wait;
-        let read_log_id = loop {
+        let read_log_id = self.read_rounds.read_index().await?;
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(read_log_id.index), "linearizable read")
+            .await
+            .map_err(|_| RaftPathError::Timeout)?;
+        Ok(())
+    }
+
+    /// One read-index round: the log id a linearizable read must observe, from this node's Raft
+    /// when it leads, else from the leader. Called by [`crate::read::ReadRounds`] only, which
+    /// shares each round among the reads that arrived before it started.
+    pub(crate) async fn fetch_read_index(&self) -> Result<LogId, RaftPathError> {
+        let deadline = Instant::now() + self.config.leader_wait;
+        loop {
             match self.read_index_local().await {
-                Ok(l) => break l,
+                Ok(l) => return Ok(l),
                 Err(RaftPathError::NotLeader {
                     leader_id: Some(id),
                     leader_addr: Some(addr),
@@ -212,7 +229,7 @@ impl Node {
                     )
                     .await;
                     match r {
-                        Ok(Ok(l)) => break l,
+                        Ok(Ok(l)) => return Ok(l),
                         // A read index is not a write: asking again is always safe while the
                         // leadership settles.
                         Ok(Err(RaftPathError::NoLeader | RaftPathError::NotLeader { .. }))
@@ -237,15 +254,6 @@ impl Node {
                 }
                 Err(e) => return Err(e),
             }
-        };
-        let timeout = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(100));
-        self.raft
-            .wait(Some(timeout))
-            .applied_index_at_least(Some(read_log_id.index), "linearizable read")
-            .await
-            .map_err(|_| RaftPathError::Timeout)?;
-        Ok(())
+        }
     }
 }
