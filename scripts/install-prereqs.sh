@@ -5,13 +5,14 @@
 #                  (a dependency of the tests crate) needs it. Our own protos use a vendored protoc.
 #   libprotobuf-dev the well-known types (google/protobuf/descriptor.proto) etcd-client's
 #                  protos import; protobuf-compiler only recommends it.
+#   make           musterd's allocator (tikv-jemallocator) builds jemalloc from source with it.
 #   cargo-nextest  the test runner (cargo install --locked cargo-nextest).
 # Uses apt-get, as root or through sudo. Prints what it installs; installs nothing already there.
 set -euo pipefail
 
 case "${1:-}" in
     -h | --help)
-        sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     "") ;;
@@ -39,6 +40,7 @@ fi
 if [[ -z "${PROTOC_INCLUDE:-}" && ! -e /usr/include/google/protobuf/descriptor.proto ]]; then
     packages+=(libprotobuf-dev)
 fi
+command -v make >/dev/null || packages+=(make)
 
 if ((${#packages[@]} > 0)); then
     need="${packages[*]} (etcd-client provides etcdctl, protobuf-compiler provides protoc)"
