@@ -1,13 +1,14 @@
 //! The write path and the linearizable-read barrier.
 //!
 //! A write goes to the local Raft if this node leads; otherwise it is forwarded, one hop, to
-//! the leader (`RaftTransport.ForwardStream`, see [`crate::forward_stream`]). The leader never forwards again: if leadership moved,
-//! the caller gets Unavailable with a leader hint. While no leader is known (an election), the
-//! request waits up to `leader_wait` for one.
+//! the leader (`RaftTransport.ForwardStream`, see [`crate::forward_stream`]). The leader never
+//! forwards again: if leadership moved, the caller gets Unavailable with a leader hint. While no
+//! leader is known (an election), the request waits up to `leader_wait` for one.
 //!
 //! A linearizable read asks the leader for a read index (read-index protocol: the leader
-//! confirms its leadership with a quorum), then waits until the local state machine has applied
-//! that far and serves locally.
+//! confirms its leadership with a quorum), in a round shared with concurrent reads
+//! ([`crate::read::ReadRounds`]), then waits until the local state machine has applied that far
+//! and serves locally.
 
 use openraft::async_runtime::watch::WatchReceiver;
 use std::time::Duration;
@@ -36,8 +37,9 @@ fn forward_internal(reason: String) -> Forwarded {
 /// The leader bounds each stream too (`grpc/raft_service.rs`).
 const FORWARDS_IN_FLIGHT: usize = 64;
 
-/// A follower's forward queues, one per leader address: concurrent writes on a follower travel
-/// to the leader as one message on its `ForwardStream` carrying a [`Command::Batch`] (see [`crate::propose`]).
+/// A follower's forward queues, one per leader address: writes that queue up while
+/// [`FORWARDS_IN_FLIGHT`] are open travel to the leader as one message on its `ForwardStream`
+/// carrying a [`Command::Batch`] (see [`crate::propose`]).
 #[derive(Default)]
 pub struct Forwarders {
     queues: std::sync::Mutex<std::collections::HashMap<String, BatchQueue<Forwarded>>>,
