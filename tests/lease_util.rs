@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use etcd_client::{Client, GetOptions};
 use muster_proto::etcdserverpb as pb;
 use muster_proto::etcdserverpb::lease_client::LeaseClient;
-use muster_tests::{status, Cluster};
+use muster_tests::status;
 use tonic::transport::{Channel, Endpoint};
 
 pub const T: Duration = Duration::from_secs(15);
@@ -66,12 +66,4 @@ pub async fn count_on(c: &Client, prefix: &str, revision: i64) -> anyhow::Result
         )
         .await?;
     Ok((r.count(), r.header().map_or(0, |h| h.revision())))
-}
-
-pub fn follower_of(cluster: &Cluster, leader: u64) -> u64 {
-    cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap_or(leader)
 }

@@ -403,11 +403,7 @@ async fn concurrent_linearizable_reads_share_rounds_and_see_prior_writes() -> an
     let cluster = Cluster::start(3).await?;
     let leader = cluster.wait_for_leader(T).await?;
     let mut writer = etcd(&cluster, leader).await?;
-    let follower = cluster
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap_or(1);
+    let follower = cluster.follower_of(leader);
     let readers = [
         (leader, etcd(&cluster, leader).await?),
         (follower, etcd(&cluster, follower).await?),

@@ -43,11 +43,7 @@ async fn keys_under(client: &mut etcd_client::Client, prefix: &str) -> anyhow::R
 async fn leader_kill_loses_no_acknowledged_write() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(3).await?;
     let leader = cluster.wait_for_leader(T).await?;
-    let survivor = cluster
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap_or(1);
+    let survivor = cluster.follower_of(leader);
     info!("--- step: writes before the kill, through follower {survivor}");
     let mut client = etcd(&cluster, survivor).await?;
     let mut acked = put_n(&mut client, "fo/before", 50).await?;
@@ -134,11 +130,7 @@ async fn whole_cluster_restart_recovers_state() -> anyhow::Result<()> {
 async fn forwarding_follower_refuses_while_cut_off_and_recovers() -> anyhow::Result<()> {
     let cluster = Cluster::start(3).await?;
     let leader = cluster.wait_for_leader(T).await?;
-    let follower = cluster
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap_or(1);
+    let follower = cluster.follower_of(leader);
     let mut through_follower = etcd(&cluster, follower).await?;
     let mut acked = put_n(&mut through_follower, "cut/before", 5).await?;
 

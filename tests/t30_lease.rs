@@ -117,7 +117,7 @@ async fn revoke_deletes_all_attached_keys_in_one_revision_on_every_node() -> any
     let last_put = last_put.header().map_or(0, |h| h.revision());
 
     info!("--- step: revoke through a follower");
-    let mut f = etcd(&cluster, follower_of(&cluster, leader)).await?;
+    let mut f = etcd(&cluster, cluster.follower_of(leader)).await?;
     let r = f.lease_revoke(id).await?;
     let revoked_at = r.header().map_or(0, |h| h.revision());
     assert_eq!(
@@ -194,7 +194,7 @@ async fn expiry_deletes_keys_within_ttl_plus_one_second_on_every_node() -> anyho
     let (_, last_put) = count_on(&c, "exp/", 0).await?;
 
     info!("--- step: keep every lease alive on ONE stream (through a follower), then stop");
-    let follower = follower_of(&cluster, leader);
+    let follower = cluster.follower_of(leader);
     let mut lc = raw(&cluster.addr(follower).to_string()).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(ids.len());
     let mut replies = lc
@@ -412,7 +412,7 @@ async fn keep_alive_through_a_follower_keeps_the_lease() -> anyhow::Result<()> {
     const TTL: i64 = 2;
     let cluster = Cluster::start(3).await?;
     let leader = cluster.wait_for_leader(T).await?;
-    let mut f = etcd(&cluster, follower_of(&cluster, leader)).await?;
+    let mut f = etcd(&cluster, cluster.follower_of(leader)).await?;
     let id = f.lease_grant(TTL, None).await?.id();
     f.put("fw/key", "v", Some(PutOptions::new().with_lease(id)))
         .await?;

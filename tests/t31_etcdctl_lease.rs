@@ -48,11 +48,7 @@ async fn first_keep_alive_line(endpoint: &str, id: &str) -> anyhow::Result<Strin
 async fn etcdctl_lease_commands() -> anyhow::Result<()> {
     let cluster = Cluster::start(3).await?;
     let leader = cluster.wait_for_leader(T).await?;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap_or(leader);
+    let follower = cluster.follower_of(leader);
     let eps = cluster.endpoints();
     let via_follower = vec![format!("http://{}", cluster.addr(follower))];
 

@@ -18,7 +18,7 @@ async fn request_id_retries_apply_once_across_leader_changes() -> anyhow::Result
     let grant = |ttl| pb::LeaseGrantRequest { ttl, id: 0 };
 
     info!("--- step: a grant whose reply is lost, retried after a leader change");
-    let first = raw(&cluster.addr(follower_of(&cluster, leader)).to_string())
+    let first = raw(&cluster.addr(cluster.follower_of(leader)).to_string())
         .await?
         .lease_grant(with_request_id(grant(30), "grant-1")?)
         .await?

@@ -42,11 +42,7 @@ fn discover(service: &str) -> pb::DiscoverRequest {
 async fn register_discover_update_list_deregister() -> anyhow::Result<()> {
     let cluster = Cluster::start(3).await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
-    let follower = cluster
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap_or(1);
+    let follower = cluster.follower_of(leader);
     let mut reg = registry(&cluster, follower).await?;
 
     let mut a = instance("orders", "10.0.0.1", 8080);

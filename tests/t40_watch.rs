@@ -346,11 +346,7 @@ async fn slow_consumer_is_bounded_and_loses_nothing() -> anyhow::Result<()> {
     let started = Instant::now();
     let cluster = Cluster::start(3).await?;
     let leader = cluster.wait_for_leader(T).await?;
-    let follower = cluster
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap_or(1);
+    let follower = cluster.follower_of(leader);
     let capacity = cluster.node(leader)?.config.watch.queue_events;
 
     // Each watcher on its own connection: HTTP/2 flow control of the unread stream must not

@@ -86,11 +86,7 @@ fn rev(r: &etcd_client::PutResponse) -> i64 {
 async fn create_options_ids_cancel_progress_and_compaction() -> anyhow::Result<()> {
     let cluster = Cluster::start(3).await?;
     let leader = cluster.wait_for_leader(T).await?;
-    let follower = cluster
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap_or(1);
+    let follower = cluster.follower_of(leader);
     let mut kv = etcd(&cluster, leader).await?;
     let r0 = rev(&kv.put("o/a", "1", None).await?);
     // "From now" means from the serving member's applied revision: let the follower reach r0.

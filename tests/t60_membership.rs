@@ -109,11 +109,7 @@ async fn wiped_node_rejoins_under_a_new_id_by_snapshot() -> anyhow::Result<()> {
     })
     .await?;
     let leader = cluster.wait_for_leader(T).await?;
-    let victim = cluster
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap_or(3);
+    let victim = cluster.follower_of(leader);
     let mut c = etcd(&cluster, leader).await?;
     for i in 0..400 {
         c.put(format!("snap/{i:04}"), format!("v{i}"), None).await?;

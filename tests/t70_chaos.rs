@@ -101,11 +101,7 @@ async fn chaos_loses_no_acknowledged_write_and_no_watch_event() -> anyhow::Resul
     while started.elapsed() < CHAOS {
         round += 1;
         let leader = cluster.wait_for_leader(T).await?;
-        let follower = cluster
-            .ids()
-            .into_iter()
-            .find(|id| *id != leader)
-            .unwrap_or(1);
+        let follower = cluster.follower_of(leader);
         match round % 3 {
             0 => {
                 info!(leader, "--- nemesis: kill the leader");

@@ -195,6 +195,14 @@ impl TestCluster {
             .collect()
     }
 
+    /// A running node other than `leader` (the leader itself when it runs alone).
+    pub fn follower_of(&self, leader: u64) -> u64 {
+        self.running()
+            .into_iter()
+            .find(|id| *id != leader)
+            .unwrap_or(leader)
+    }
+
     /// Stops node `id` abruptly (its connections are cut, Raft stops); data stays on disk.
     pub async fn kill(&mut self, id: u64) -> anyhow::Result<()> {
         let n = self
