@@ -291,6 +291,8 @@ ensure_binary() {
     fi
     if [[ -n "$why" ]]; then
         command -v cargo >/dev/null || die "cargo not found; install Rust from https://rustup.rs"
+        command -v make >/dev/null ||
+            die "make not found; musterd's allocator (jemalloc) is built with it: apt-get install make"
         say "==> building musterd (release; $why): cargo build --release -p muster-server"
         (cd "$REPO_ROOT" && cargo build --release -p muster-server) >&2 ||
             die "cargo build failed"
