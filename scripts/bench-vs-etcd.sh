@@ -92,7 +92,7 @@ if ! command -v protoc >/dev/null || [[ ! -e /usr/include/google/protobuf/descri
 fi
 if ((BUILD)); then
     say "building musterd and muster-bench (release)"
-    cargo build --release -q -p muster-server -p muster-bench --manifest-path "$REPO_ROOT/Cargo.toml"
+    cargo build --release -q -p musterd -p muster-bench --manifest-path "$REPO_ROOT/Cargo.toml"
 fi
 BENCH="$REPO_ROOT/target/release/muster-bench"
 export MUSTER_BIN="$REPO_ROOT/target/release/musterd" # cluster.sh: use this build, no rebuild

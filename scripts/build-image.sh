@@ -76,7 +76,7 @@ if ((RUN_CARGO)); then
     say "==> building static binaries (release, +crt-static) in $STATIC_TARGET_DIR"
     # --target makes RUSTFLAGS apply to the target only, not to build scripts and proc-macros.
     (cd "$REPO_ROOT" && RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR="$STATIC_TARGET_DIR" \
-        cargo build --release --target "$TARGET" -p muster-server -p muster-chaos) ||
+        cargo build --release --target "$TARGET" -p musterd -p muster-chaos) ||
         die "cargo build failed"
 fi
 

@@ -6,7 +6,9 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO_ROOT
 readonly DEFAULT_PORTS=(2379 22379 32379 42379 52379)
+readonly PEER_OFFSET=1
 readonly HTTP_OFFSET=2
+readonly TOKEN_FILE_NAME="peer-token"
 readonly STATE_FILE_NAME="cluster.conf"
 
 usage() {
@@ -31,8 +33,10 @@ Options:
                    Holds nodeN/ (data), nodeN.log, nodeN.pid and ${STATE_FILE_NAME}.
   --nodes N        Number of nodes: 1, 3 or 5 (default 3, or the number of --ports given).
   --ports P1,P2,.. Client (gRPC) ports, one per node (env MUSTER_PORTS; default
-                   2379,22379,32379,42379,52379 truncated to N). Node i's HTTP port
-                   (/health, /ready, /metrics) is its client port + ${HTTP_OFFSET}.
+                   2379,22379,32379,42379,52379 truncated to N). Node i's peer port
+                   (Raft, authenticated with DIR/${TOKEN_FILE_NAME}, created on first start)
+                   is its client port + ${PEER_OFFSET}; its HTTP port (/health, /ready,
+                   /metrics) is its client port + ${HTTP_OFFSET}.
   --timeout SECS   How long start waits for a leader and stop waits for exit (default 30).
   --wipe           With stop: also delete the cluster's data, logs and pid files.
   -h, --help       Show this help.
@@ -148,11 +152,11 @@ resolve_layout() {
         if [[ ! "$p" =~ ^[1-9][0-9]*$ ]] || ((p > 65535 - HTTP_OFFSET)); then
             die "bad port '$p' in '$ports_csv' (want numbers, comma-separated, no spaces)"
         fi
-        all+=("$p" "$((p + HTTP_OFFSET))")
+        all+=("$p" "$((p + PEER_OFFSET))" "$((p + HTTP_OFFSET))")
     done
     local dup
     dup="$(printf '%s\n' "${all[@]}" | sort | uniq -d | head -n1)"
-    [[ -z "$dup" ]] || die "port $dup would be used twice (HTTP port = client port + $HTTP_OFFSET)"
+    [[ -z "$dup" ]] || die "port $dup would be used twice (peer port = client port + $PEER_OFFSET, HTTP port = client port + $HTTP_OFFSET)"
 
     local joined
     joined="$(
@@ -172,6 +176,7 @@ node_dir() { printf '%s/node%s' "$DATA_DIR" "$1"; }
 pid_file() { printf '%s/node%s.pid' "$DATA_DIR" "$1"; }
 log_file() { printf '%s/node%s.log' "$DATA_DIR" "$1"; }
 client_port() { printf '%s' "${PORTS[$1 - 1]}"; }
+peer_port() { printf '%s' "$((PORTS[$1 - 1] + PEER_OFFSET))"; }
 http_port() { printf '%s' "$((PORTS[$1 - 1] + HTTP_OFFSET))"; }
 endpoints() {
     local i out=()
@@ -293,12 +298,24 @@ ensure_binary() {
         command -v cargo >/dev/null || die "cargo not found; install Rust from https://rustup.rs"
         command -v make >/dev/null ||
             die "make not found; musterd's allocator (jemalloc) is built with it: apt-get install make"
-        say "==> building musterd (release; $why): cargo build --release -p muster-server"
-        (cd "$REPO_ROOT" && cargo build --release -p muster-server) >&2 ||
+        say "==> building musterd (release; $why): cargo build --release -p musterd"
+        (cd "$REPO_ROOT" && cargo build --release -p musterd) >&2 ||
             die "cargo build failed"
         [[ -x "$MUSTERD" ]] || die "build finished but $MUSTERD is missing"
         touch "$MUSTERD" # cargo may skip relinking when only unrelated crates changed
     fi
+}
+
+# The cluster's peer secret: created once, readable by its owner only, shared by every node.
+ensure_peer_token() {
+    local f="$DATA_DIR/$TOKEN_FILE_NAME"
+    [[ -s "$f" ]] && return 0
+    mkdir -p "$DATA_DIR"
+    (
+        umask 077
+        od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$f"
+    )
+    say "created the cluster's peer secret: $f"
 }
 
 # ---------------------------------------------------------------- commands
@@ -307,7 +324,7 @@ cmd_start() {
     resolve_layout
     local i pid started=() initial_cluster="" sep=""
     for ((i = 1; i <= NODES; i++)); do
-        initial_cluster+="$sep$i=127.0.0.1:$(client_port "$i")"
+        initial_cluster+="$sep$i=127.0.0.1:$(peer_port "$i")"
         sep=","
     done
 
@@ -321,7 +338,7 @@ cmd_start() {
         fi
         rm -f "$(pid_file "$i")"
         local p
-        for p in "$(client_port "$i")" "$(http_port "$i")"; do
+        for p in "$(client_port "$i")" "$(peer_port "$i")" "$(http_port "$i")"; do
             port_in_use "$p" && die "port $p (node $i) is already in use by another process;" \
                 "stop it or choose other ports with --ports"
         done
@@ -330,6 +347,7 @@ cmd_start() {
 
     if ((${#to_start[@]} > 0)); then
         ensure_binary
+        ensure_peer_token
         printf 'nodes=%s\nports=%s\n' "$NODES" "$(
             IFS=,
             echo "${PORTS[*]}"
@@ -342,6 +360,8 @@ cmd_start() {
                 --data-dir "$(node_dir "$i")" \
                 --listen "127.0.0.1:$(client_port "$i")" \
                 --advertise "127.0.0.1:$(client_port "$i")" \
+                --peer-listen "127.0.0.1:$(peer_port "$i")" \
+                --peer-token-file "$DATA_DIR/$TOKEN_FILE_NAME" \
                 --http-listen "127.0.0.1:$(http_port "$i")" \
                 --initial-cluster "$initial_cluster" \
                 </dev/null >>"$(log_file "$i")" 2>&1 &
@@ -349,7 +369,7 @@ cmd_start() {
             disown "$pid" # a daemon, not a job: no "Killed" notices from this shell
             echo "$pid" >"$(pid_file "$i")"
             started+=("$i")
-            say "started node $i: pid $pid, client 127.0.0.1:$(client_port "$i"), http 127.0.0.1:$(http_port "$i"), log $(log_file "$i")"
+            say "started node $i: pid $pid, client 127.0.0.1:$(client_port "$i"), peer 127.0.0.1:$(peer_port "$i"), http 127.0.0.1:$(http_port "$i"), log $(log_file "$i")"
         done
     fi
 
@@ -487,7 +507,7 @@ cmd_stop() {
         for ((i = 1; i <= 9; i++)); do
             rm -rf "$(node_dir "$i")" "$(log_file "$i")"
         done
-        rm -f "$DATA_DIR/$STATE_FILE_NAME"
+        rm -f "$DATA_DIR/$STATE_FILE_NAME" "$DATA_DIR/$TOKEN_FILE_NAME"
         rmdir "$DATA_DIR" 2>/dev/null || true
         say "wiped the cluster data in $DATA_DIR"
     fi

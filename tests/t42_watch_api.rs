@@ -381,17 +381,27 @@ async fn hasleader_streams_need_a_leader() -> anyhow::Result<()> {
     // initialise, so it knows no leader.
     muster_testkit::init_tracing();
     let dir = tempfile_dir()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+    let listeners = muster_server::Listeners {
+        client: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        peer: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let addr = listeners.client.local_addr()?;
+    let peer = listeners.peer.local_addr()?.to_string();
+    let token = dir.join("peer-token");
+    muster_server::peer_auth::write_private(
+        &token,
+        &muster_server::peer_auth::PeerToken::random_text(),
+    )?;
     let config = NodeConfig {
         node_id: 2,
         data_dir: dir.join("node2"),
         listen: addr,
-        initial_cluster: [(1, "127.0.0.1:1".to_string()), (2, addr.to_string())].into(),
+        peer_token_file: Some(token),
+        initial_cluster: [(1, "127.0.0.1:1".to_string()), (2, peer)].into(),
         raft: muster_server::config::RaftTiming::fast_for_tests(),
         ..Default::default()
     };
-    let server = muster_server::start_with_listener(config, listener).await?;
+    let server = muster_server::start_with_listeners(config, listeners).await?;
     assert_eq!(server.node.current_leader(), None);
     let ep = format!("http://{addr}");
 

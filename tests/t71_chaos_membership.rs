@@ -18,8 +18,8 @@ use std::time::Duration;
 use muster_chaos::cluster::{change_members, member_list, MemberChange};
 use muster_chaos::verify::read_node;
 use muster_chaos::workload::{self, counter, writer};
+use muster_testkit::JoinerListeners;
 use muster_tests::{wait_until, Cluster};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -119,7 +119,7 @@ async fn membership_changes_under_load_lose_no_acknowledged_write() -> anyhow::R
         .into_iter()
         .find(|id| *id != leader && *id != learner)
         .ok_or_else(|| anyhow::anyhow!("no follower among the first three nodes"))?;
-    let follower_addr = cluster.addr(follower);
+    let (follower_client, follower_addr) = (cluster.addr(follower), cluster.peer_addr(follower));
     change(&cluster, MemberChange::Remove(follower)).await?;
     wait_stopped_serving(&cluster, follower).await?;
     cluster.wipe(follower).await?;
@@ -161,8 +161,8 @@ async fn membership_changes_under_load_lose_no_acknowledged_write() -> anyhow::R
         rejoined != follower,
         "a wiped node must not get its old id back"
     );
-    let listener = wait_until(T, "the old address to be free", || async move {
-        TcpListener::bind(follower_addr).await.ok()
+    let listener = wait_until(T, "the old addresses to be free", || async move {
+        JoinerListeners::bind_at(follower_client, follower_addr).await
     })
     .await?;
     cluster.start_joiner(rejoined, listener).await?;

@@ -17,18 +17,20 @@ const DOCKER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Label (`RUN_LABEL=<compose project>`) on every container the checker starts itself.
 pub const RUN_LABEL: &str = "muster-chaos.project";
 
-/// The node's ports inside its container: gRPC (clients and peers) and HTTP (/health).
+/// The node's ports inside its container: client gRPC and HTTP (/health). Peers talk on 2380,
+/// which is not published.
 pub const CLIENT_PORT: &str = "2379/tcp";
 pub const HTTP_PORT: &str = "2381/tcp";
 
 /// Node settings a joining node must not inherit from the container it is modelled on: it gets
 /// its id, `--join` and address on the command line, and an initial cluster that does not list
 /// its id is refused.
-const NOT_INHERITED: [&str; 4] = [
+const NOT_INHERITED: [&str; 5] = [
     "MUSTER_INITIAL_CLUSTER=",
     "MUSTER_NODE_ID=",
     "MUSTER_JOIN=",
     "MUSTER_ADVERTISE=",
+    "MUSTER_PEER_ADVERTISE=",
 ];
 
 /// Runs `docker …` commands.
@@ -61,6 +63,8 @@ pub struct Container {
     pub bindings: BTreeMap<String, String>,
     /// The volume mounted at `/data` (named by compose, or anonymous).
     pub data_volume: Option<String>,
+    /// The volume holding the cluster's peer secret, mounted at `/secrets`.
+    pub secrets_volume: Option<String>,
 }
 
 /// A node container the checker starts itself, modelled on a compose node: same image,
@@ -71,7 +75,7 @@ pub struct RunSpec<'a> {
     pub template: &'a Container,
     /// Compose project (container name prefix and [`RUN_LABEL`] value).
     pub project: &'a str,
-    /// DNS alias on the network and hostname; peers reach the node at `{alias}:2379`.
+    /// DNS alias on the network and hostname; peers reach the node at `{alias}:2380`.
     pub alias: &'a str,
     /// The Raft id MemberAdd assigned.
     pub node_id: u64,
@@ -236,8 +240,8 @@ impl Docker {
     }
 
     /// Starts a node container (`docker run -d`): on the template's network under
-    /// `spec.alias`, `--node-id <id> --join --advertise <alias>:2379`, a fresh anonymous data
-    /// volume. Returns it and the host addresses its ports were published on.
+    /// `spec.alias`, `--node-id <id> --join --advertise <alias>:2379 --peer-advertise
+    /// <alias>:2380`, a fresh anonymous data volume and the template's peer secret volume. Returns it and the host addresses its ports were published on.
     ///
     /// # Errors
     /// docker failed.
@@ -250,6 +254,8 @@ impl Docker {
         let label = format!("{RUN_LABEL}={}", spec.project);
         let node_id = spec.node_id.to_string();
         let advertise = format!("{}:2379", spec.alias);
+        let peer_advertise = format!("{}:2380", spec.alias);
+        let secrets = t.secrets_volume.as_ref().map(|v| format!("{v}:/secrets"));
         let mut args = vec!["run", "--detach", "--name", &name, "--label", &label];
         args.extend(["--hostname", spec.alias, "--network", &t.network]);
         args.extend(["--network-alias", spec.alias]);
@@ -266,8 +272,16 @@ impl Docker {
         for p in &publish {
             args.extend(["--publish", p.as_str()]);
         }
+        if let Some(v) = &secrets {
+            args.extend(["--volume", v.as_str()]);
+        }
         args.extend([t.image.as_str(), "--node-id", &node_id, "--join"]);
-        args.extend(["--advertise", &advertise]);
+        args.extend([
+            "--advertise",
+            &advertise,
+            "--peer-advertise",
+            &peer_advertise,
+        ]);
         let id = self.run(&args).await?;
         self.inspect(id.trim(), spec.alias).await
     }
@@ -421,11 +435,13 @@ fn parse_inspect(
     let (Some((network, ep)), None) = (nets.next(), nets.next()) else {
         bail!("container {} must be on exactly one network", c.name);
     };
-    let data_volume = c
-        .mounts
-        .into_iter()
-        .find(|m| m.destination == "/data" && m.kind == "volume")
-        .and_then(|m| m.name);
+    let volume_at = |dest: &str| {
+        c.mounts
+            .iter()
+            .find(|m| m.destination == dest && m.kind == "volume")
+            .and_then(|m| m.name.clone())
+    };
+    let (data_volume, secrets_volume) = (volume_at("/data"), volume_at("/secrets"));
     let container = Container {
         service: service.to_string(),
         id: c.id,
@@ -437,6 +453,7 @@ fn parse_inspect(
         env: c.config.env.unwrap_or_default(),
         bindings: first_bindings(c.host_config.port_bindings),
         data_volume,
+        secrets_volume,
     };
     Ok((container, published))
 }
@@ -448,7 +465,7 @@ mod tests {
     /// Trimmed `docker inspect` of a running compose node (docker 20.10, docker-compose 1.29).
     const INSPECT: &str = r#"[{"Id": "dc6fbd75c700cc86", "Name": "/muster-chaos_muster1_1",
         "Image": "sha256:44d28f093ea4",
-        "Config": {"Env": ["MUSTER_INITIAL_CLUSTER=1=muster1:2379,2=muster2:2379,3=muster3:2379",
+        "Config": {"Env": ["MUSTER_INITIAL_CLUSTER=1=muster1:2380,2=muster2:2380,3=muster3:2380",
             "MUSTER_LOG=info,openraft=warn", "MUSTER_DATA_DIR=/data"]},
         "HostConfig": {"PortBindings": {
             "2379/tcp": [{"HostIp": "127.0.0.1", "HostPort": "23791"}],

@@ -17,13 +17,30 @@ pub struct NodeConfig {
     pub node_id: u64,
     /// Where the Raft log, state machine and snapshots live.
     pub data_dir: PathBuf,
-    /// gRPC listen address for clients and peers (port 0 picks a free port).
+    /// gRPC listen address for clients (port 0 picks a free port). Serves the etcd API and
+    /// Muster's own services, never Raft.
     pub listen: SocketAddr,
-    /// Address other nodes and clients use to reach this node; defaults to the bound address.
+    /// Address clients use to reach this node (MemberList, leader hints); defaults to the
+    /// bound client address.
     pub advertise: Option<String>,
+    /// gRPC listen address for peers: Raft replication, votes, snapshots, forwarded writes
+    /// and reads (`muster.raft.v1.RaftTransport`), nothing else.
+    pub peer_listen: SocketAddr,
+    /// Address other nodes reach this node's peer port at; defaults to the bound peer address.
+    /// This is the address `initial_cluster` and MemberAdd name.
+    pub peer_advertise: Option<String>,
+    /// A file holding the cluster's peer secret: every node of a cluster must hold the same
+    /// one. Peers present it on every RaftTransport call; a call without it, or with another,
+    /// is refused (Unauthenticated). Required for a cluster of more than one node; a
+    /// single-node cluster without one creates `<data_dir>/peer-token`.
+    pub peer_token_file: Option<PathBuf>,
+    /// Create `peer_token_file` with a random secret when it does not exist (atomically: of
+    /// nodes starting at once on a shared volume the first wins, the others read its secret).
+    /// For the compose cluster and local scripts; a production cluster distributes one file.
+    pub create_peer_token: bool,
     /// HTTP listen address for /health, /ready and /metrics; `None` disables HTTP.
     pub http_listen: Option<SocketAddr>,
-    /// The initial members, id → gRPC address. Used only on first start with an empty data dir;
+    /// The initial members, id → peer address. Used only on first start with an empty data dir;
     /// the node with the lowest id initialises the cluster.
     pub initial_cluster: BTreeMap<u64, String>,
     /// Name reported in logs; also hashed into the etcd `cluster_id`.
@@ -184,6 +201,10 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from(".data/node1"),
             listen: SocketAddr::from(([127, 0, 0, 1], 2379)),
             advertise: None,
+            peer_listen: SocketAddr::from(([127, 0, 0, 1], 2380)),
+            peer_advertise: None,
+            peer_token_file: None,
+            create_peer_token: false,
             http_listen: None,
             initial_cluster: BTreeMap::new(),
             cluster_name: "muster".to_string(),
@@ -226,6 +247,12 @@ impl NodeConfig {
         }
         if self.initial_cluster.contains_key(&0) {
             return Err(invalid("initial_cluster", "node id 0 is not allowed"));
+        }
+        if self.peer_token_file.is_none() && (self.initial_cluster.len() > 1 || self.join) {
+            return Err(invalid(
+                "peer_token_file",
+                "required for a cluster of more than one node (every node holds the same secret)",
+            ));
         }
         let r = &self.raft;
         if r.election_min <= r.heartbeat * 2 {
@@ -289,7 +316,7 @@ impl NodeConfig {
         i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX).max(1)
     }
 
-    /// Parses `1=127.0.0.1:2379,2=127.0.0.1:22379` into id → address.
+    /// Parses `1=127.0.0.1:2380,2=127.0.0.1:22380` into id → peer address.
     pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
         let mut out = BTreeMap::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -334,6 +361,31 @@ mod tests {
         assert!(NodeConfig::parse_initial_cluster("1=a,1=b").is_err());
         assert!(NodeConfig::parse_initial_cluster("x=a").is_err());
         assert!(NodeConfig::parse_initial_cluster("1").is_err());
+    }
+
+    #[test]
+    fn a_multi_node_cluster_needs_a_peer_token() {
+        let c = NodeConfig {
+            initial_cluster: [(1, "a:2380".to_string()), (2, "b:2380".to_string())].into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "peer_token_file",
+                ..
+            })
+        ));
+        let c = NodeConfig {
+            peer_token_file: Some("token".into()),
+            ..c
+        };
+        assert_eq!(c.validate(), Ok(()));
+        let joiner = NodeConfig {
+            join: true,
+            ..Default::default()
+        };
+        assert!(joiner.validate().is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The server's errors, and the one place they become gRPC statuses.
 
 use muster_store::error::StoreError;
+use muster_store::raft::Member;
 use muster_types::{ApplyError, ValidationError};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataValue;
@@ -9,10 +10,12 @@ use tonic::metadata::MetadataValue;
 /// leader returns it to a follower that forwarded the request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum RaftPathError {
-    #[error("etcdserver: not leader (leader: {leader_id:?} at {leader_addr:?})")]
+    /// `leader` is the leader's membership entry: its peer address routes forwards, its
+    /// client address goes to clients as a hint.
+    #[error("etcdserver: not leader (leader: {leader_id:?})")]
     NotLeader {
         leader_id: Option<u64>,
-        leader_addr: Option<String>,
+        leader: Option<Member>,
     },
     #[error("etcdserver: no leader")]
     NoLeader,
@@ -28,6 +31,10 @@ pub enum RaftPathError {
     Internal { reason: String },
     #[error("etcdserver: {reason}")]
     Rejected { reason: String },
+    /// A forwarded command failed validation on the leader (its text is the validation
+    /// error's).
+    #[error("{reason}")]
+    Invalid { reason: String },
 }
 
 /// Every error a request handler can return.
@@ -54,7 +61,7 @@ pub enum ServerError {
     Conflict { what: &'static str },
 }
 
-/// Metadata key carrying the leader's address on a NotLeader status.
+/// Metadata key carrying the leader's client address on a NotLeader status.
 pub const LEADER_ADDR_HEADER: &str = "x-muster-leader";
 
 impl From<ServerError> for tonic::Status {
@@ -82,6 +89,7 @@ impl From<ServerError> for tonic::Status {
                 | RaftPathError::LeaderUnreachable { .. }
                 | RaftPathError::Timeout => Code::Unavailable,
                 RaftPathError::Rejected { .. } => Code::FailedPrecondition,
+                RaftPathError::Invalid { .. } => Code::InvalidArgument,
                 RaftPathError::Fatal { .. } | RaftPathError::Internal { .. } => Code::Internal,
             },
             ServerError::Storage(_) | ServerError::UnexpectedResponse { .. } => Code::Internal,
@@ -90,12 +98,15 @@ impl From<ServerError> for tonic::Status {
         };
         let mut status = tonic::Status::new(code, msg);
         if let ServerError::Raft(RaftPathError::NotLeader {
-            leader_addr: Some(addr),
+            leader: Some(leader),
             ..
         }) = &e
         {
-            if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
-                status.metadata_mut().insert(LEADER_ADDR_HEADER, v);
+            // Not published yet: no hint rather than an empty one.
+            if !leader.client_addr.is_empty() {
+                if let Ok(v) = MetadataValue::try_from(leader.client_addr.as_str()) {
+                    status.metadata_mut().insert(LEADER_ADDR_HEADER, v);
+                }
             }
         }
         status
@@ -125,7 +136,10 @@ mod tests {
         assert_eq!(s.message(), "etcdserver: requested lease not found");
         let s: tonic::Status = ServerError::from(RaftPathError::NotLeader {
             leader_id: Some(2),
-            leader_addr: Some("h:1".into()),
+            leader: Some(Member {
+                addr: "h:2".into(),
+                client_addr: "h:1".into(),
+            }),
         })
         .into();
         assert_eq!(s.code(), tonic::Code::Unavailable);

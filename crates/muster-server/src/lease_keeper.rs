@@ -190,9 +190,9 @@ impl LeaseKeeper {
     /// The error telling a caller where the leader is.
     fn not_leader(&self) -> RaftPathError {
         match self.node.leader() {
-            Some((id, addr)) => RaftPathError::NotLeader {
+            Some((id, leader)) => RaftPathError::NotLeader {
                 leader_id: Some(id),
-                leader_addr: Some(addr),
+                leader: Some(leader),
             },
             None => RaftPathError::NoLeader,
         }

@@ -1,5 +1,5 @@
 //! `musterd`: one Muster node — Raft over sled, the etcd v3 API and Muster's own services on
-//! one gRPC port, HTTP health and metrics on another.
+//! the client port, Raft between nodes on the peer port, HTTP health and metrics on a third.
 //!
 //! Layout (one step of the data path per file):
 //! - [`config`]: [`config::NodeConfig`], defaults and validation.
@@ -12,6 +12,7 @@
 //! - [`lease_keeper`]: leader-only lease deadlines, the expiry reaper, lease operations.
 //! - [`membership`]: member add/promote/remove on the leader (forwarded from followers).
 //! - [`network`]: the Raft network, client side (peer channels, bincode payloads).
+//! - [`peer_auth`]: the peer secret: attached to every peer call, checked on the peer port.
 //! - [`grpc`]: one file per gRPC service; validation and conversion only.
 //! - [`error`]: the server's errors and their single mapping to gRPC status.
 //! - [`http`]: /health, /ready, /metrics.
@@ -26,10 +27,11 @@ pub mod lease_keeper;
 pub mod membership;
 pub mod network;
 pub mod node;
+pub mod peer_auth;
 pub mod propose;
 pub mod read;
 pub mod server;
 pub mod write;
 
 pub use config::NodeConfig;
-pub use server::{start, start_with_listener, RunningServer};
+pub use server::{start, start_with_listeners, Listeners, RunningServer};

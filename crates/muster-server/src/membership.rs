@@ -8,10 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use muster_store::raft::{NodeId, TypeConfig};
+use muster_store::raft::{Member, NodeId, TypeConfig};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers};
+use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
 use crate::error::RaftPathError;
@@ -27,6 +27,9 @@ pub enum MembershipChange {
     Promote { id: NodeId },
     /// Remove a voter or learner.
     Remove { id: NodeId },
+    /// A member announces the address clients reach it at (sent by the member itself once
+    /// it runs; MemberAdd knows only the peer address).
+    Publish { id: NodeId, client_addr: String },
 }
 
 /// The result of a change: the affected id, and the membership after it.
@@ -34,7 +37,7 @@ pub enum MembershipChange {
 pub struct MembershipChanged {
     pub id: NodeId,
     pub voters: BTreeSet<NodeId>,
-    pub nodes: BTreeMap<NodeId, String>,
+    pub nodes: BTreeMap<NodeId, Member>,
 }
 
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,7 +54,7 @@ fn map_err(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RaftPathEr
             None => RaftPathError::NoLeader,
             Some(id) => RaftPathError::NotLeader {
                 leader_id: Some(id),
-                leader_addr: f.leader_node.map(|n| n.addr),
+                leader: f.leader_node,
             },
         },
         RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => RaftPathError::CommitUnknown,
@@ -74,17 +77,11 @@ fn fresh_id(taken: &BTreeSet<NodeId>) -> NodeId {
     }
 }
 
-fn summary_of(
-    id: NodeId,
-    membership: &openraft::Membership<NodeId, BasicNode>,
-) -> MembershipChanged {
+fn summary_of(id: NodeId, membership: &openraft::Membership<NodeId, Member>) -> MembershipChanged {
     MembershipChanged {
         id,
         voters: membership.voter_ids().collect(),
-        nodes: membership
-            .nodes()
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect(),
+        nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
     }
 }
 
@@ -137,15 +134,17 @@ impl Node {
         }
     }
 
-    /// Applies `change` on this node's Raft; NotLeader when it does not lead.
+    /// Applies `change` on this node's Raft; NotLeader when it does not lead. One change at a
+    /// time (see `Node::membership_changes`).
     pub async fn change_membership_local(
         &self,
         change: MembershipChange,
     ) -> Result<MembershipChanged, RaftPathError> {
+        let _one_at_a_time = self.membership_changes.lock().await;
         let summary = match change {
             MembershipChange::Add { addr, learner } => {
                 let current = self.membership_summary(0);
-                if let Some((id, _)) = current.nodes.iter().find(|(_, a)| **a == addr) {
+                if let Some((id, _)) = current.nodes.iter().find(|(_, m)| m.addr == addr) {
                     return Err(RaftPathError::Rejected {
                         reason: format!("address {addr} is already member {id}"),
                     });
@@ -154,7 +153,7 @@ impl Node {
                 // Non-blocking: the new node may not be running yet (etcd's order is add, then
                 // start).
                 let mut resp = self
-                    .settled(|| self.raft.add_learner(id, BasicNode::new(&addr), false))
+                    .settled(|| self.raft.add_learner(id, Member::new(&addr), false))
                     .await?;
                 if !learner {
                     resp = self
@@ -214,7 +213,7 @@ impl Node {
                     .await?
                 };
                 tracing::info!(node_id = self.id, member = id, "member removed");
-                if let Some(addr) = current.nodes.get(&id) {
+                if let Some(Member { addr, .. }) = current.nodes.get(&id) {
                     // Best effort: a node that is down learns it when it next contacts us.
                     let r: Result<(), _> = call(
                         &self.peers,
@@ -234,6 +233,34 @@ impl Node {
                 }
                 self.committed_summary(id, &resp)
             }
+            MembershipChange::Publish { id, client_addr } => {
+                let current = self.membership_summary(id);
+                let Some(member) = current.nodes.get(&id) else {
+                    return Err(RaftPathError::Rejected {
+                        reason: format!("member {id} not found"),
+                    });
+                };
+                if member.client_addr == client_addr {
+                    return Ok(current);
+                }
+                // Only the client address changes: the peer address, which Raft routes by,
+                // stays the member's own (openraft warns that replacing it could split the
+                // cluster).
+                let updated = Member {
+                    addr: member.addr.clone(),
+                    client_addr: client_addr.clone(),
+                };
+                let resp = self
+                    .settled(|| {
+                        self.raft.change_membership(
+                            ChangeMembers::SetNodes([(id, updated.clone())].into()),
+                            true,
+                        )
+                    })
+                    .await?;
+                tracing::info!(node_id = self.id, member = id, %client_addr, "member published its client address");
+                self.committed_summary(id, &resp)
+            }
         };
         Ok(summary)
     }
@@ -248,7 +275,7 @@ impl Node {
             match self.change_membership_local(change.clone()).await {
                 Err(RaftPathError::NotLeader {
                     leader_id: Some(id),
-                    leader_addr: Some(addr),
+                    leader: Some(Member { addr, .. }),
                 }) if id != self.id => {
                     let r: Result<Result<MembershipChanged, RaftPathError>, _> = call(
                         &self.peers,
@@ -267,6 +294,40 @@ impl Node {
                     self.wait_for_leader(deadline).await?
                 }
                 other => return other,
+            }
+        }
+    }
+
+    /// Records this node's client address in the membership (through the leader) once this
+    /// node is a member and a leader is known; returns when the membership shows it. Retried
+    /// while the cluster settles: publishing is idempotent.
+    pub async fn publish_client_addr(&self) {
+        const RETRY: Duration = Duration::from_millis(200);
+        let mut metrics = self.raft.metrics();
+        loop {
+            let (recorded, leader) = {
+                let m = metrics.borrow_watched();
+                let listed = m.membership_config.membership().get_node(&self.id);
+                (listed.map(|n| n.client_addr.clone()), m.current_leader)
+            };
+            match recorded {
+                Some(addr) if addr == self.advertise => return,
+                Some(_) if leader.is_some() => {
+                    let change = MembershipChange::Publish {
+                        id: self.id,
+                        client_addr: self.advertise.clone(),
+                    };
+                    if let Err(e) = self.change_membership(change).await {
+                        tracing::debug!(node_id = self.id, "publishing the client address: {e}");
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            // The next membership or leader change; a success shows up here once applied.
+            if metrics.changed().await.is_err() {
+                return;
             }
         }
     }

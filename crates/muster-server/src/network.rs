@@ -1,5 +1,6 @@
-//! The Raft network, client side: one lazily connected tonic `Channel` per peer address,
-//! openraft RPCs sent as bincode payloads over `muster.raft.v1.RaftTransport`.
+//! The Raft network, client side: one lazily connected tonic `Channel` per peer address (the
+//! peers' peer ports), openraft RPCs sent as bincode payloads over `muster.raft.v1.RaftTransport`,
+//! every call carrying the cluster's peer secret (`peer_auth.rs`).
 //! The server side is `grpc/raft_service.rs`.
 //!
 //! Replication runs over `AppendStream`, one long-lived bidirectional gRPC stream per openraft
@@ -17,6 +18,7 @@ use futures::{Stream, StreamExt};
 
 use muster_proto::raftpb::raft_transport_client::RaftTransportClient;
 use muster_proto::raftpb::RaftPayload;
+use muster_store::raft::Member;
 use muster_store::raft::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -25,10 +27,16 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
     VoteResponse,
 };
-use openraft::{BasicNode, RaftNetworkFactory, RaftNetworkV2};
+use openraft::{RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::peer_auth::{AttachToken, PeerToken};
+
+/// A RaftTransport client whose every request carries the peer secret.
+pub type PeerClient = RaftTransportClient<InterceptedService<Channel, AttachToken>>;
 
 /// A transport failure talking to a peer.
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +67,11 @@ impl PeerError {
 }
 
 /// One cached channel per peer address, shared by Raft replication and request forwarding.
-#[derive(Default)]
 pub struct PeerChannels {
     channels: Mutex<HashMap<String, Channel>>,
+    token: Arc<PeerToken>,
+    /// Largest message a peer call may send or receive (see [`crate::server::peer_message_limit`]).
+    max_message_bytes: usize,
     /// Fault injection for tests: peer addresses this node cannot reach (a partition is a
     /// pair of such blocks). The one place faults are injected, so every node-to-node path
     /// (replication, votes, snapshots, forwarding, read index) sees them.
@@ -69,6 +79,21 @@ pub struct PeerChannels {
 }
 
 impl PeerChannels {
+    /// Channels that present `token` and carry messages up to `max_message_bytes`.
+    pub fn new(token: PeerToken, max_message_bytes: usize) -> PeerChannels {
+        PeerChannels {
+            channels: Mutex::default(),
+            token: Arc::new(token),
+            max_message_bytes,
+            blocked: Mutex::default(),
+        }
+    }
+
+    /// The secret this node presents to, and expects from, its peers.
+    pub(crate) fn token(&self) -> Arc<PeerToken> {
+        self.token.clone()
+    }
+
     /// Makes `addr` unreachable from this node (fault injection).
     pub fn block(&self, addr: &str) {
         self.blocked
@@ -112,10 +137,11 @@ impl PeerChannels {
         Ok(ch)
     }
 
-    pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, PeerError> {
-        Ok(RaftTransportClient::new(self.get(addr)?)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX))
+    pub fn client(&self, addr: &str) -> Result<PeerClient, PeerError> {
+        let auth = AttachToken(self.token.clone());
+        Ok(RaftTransportClient::with_interceptor(self.get(addr)?, auth)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
     }
 }
 
@@ -140,7 +166,7 @@ pub(crate) async fn call<Req, Resp, F, Fut>(
 where
     Req: Serialize,
     Resp: DeserializeOwned,
-    F: FnOnce(RaftTransportClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
+    F: FnOnce(PeerClient, tonic::Request<RaftPayload>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
 {
     if peers.is_blocked(addr) {
@@ -169,7 +195,7 @@ pub struct NetworkFactory {
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConnection {
         tracing::debug!(target_node = target, addr = %node.addr, "new raft peer connection");
         PeerConnection {
             addr: node.addr.clone(),
@@ -214,7 +240,7 @@ impl PeerConnection {
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        F: FnOnce(RaftTransportClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
+        F: FnOnce(PeerClient, tonic::Request<RaftPayload>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
         let r: Result<Resp, RemoteRaftError> = call(&self.peers, &self.addr, timeout, req, f)

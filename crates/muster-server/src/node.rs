@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use muster_store::raft::file_log::FileLogStore;
 use muster_store::raft::state_machine::{SmShared, StateMachineStore};
-use muster_store::raft::{NodeId, Raft};
-use openraft::{BasicNode, SnapshotPolicy};
+use muster_store::raft::{Member, NodeId, Raft};
+use openraft::SnapshotPolicy;
 
 use crate::config::NodeConfig;
 use crate::network::{NetworkFactory, PeerChannels};
+use crate::peer_auth::{PeerToken, PeerTokenError};
 use crate::propose::Proposer;
 
 /// Failure to start a node.
@@ -32,6 +33,8 @@ pub enum StartError {
     RaftConfig(#[from] openraft::ConfigError),
     #[error("starting raft: {reason}")]
     Raft { reason: String },
+    #[error(transparent)]
+    PeerToken(#[from] PeerTokenError),
 }
 
 /// One running Muster node's core: Raft, the state machine and peer channels.
@@ -46,8 +49,10 @@ pub struct Node {
     pub read_rounds: crate::read::ReadRounds,
     pub sm: Arc<SmShared>,
     pub config: NodeConfig,
-    /// The address peers and clients reach this node at.
+    /// The address clients reach this node at (its client port).
     pub advertise: String,
+    /// The address peers reach this node at (its peer port); its address in the membership.
+    pub peer_advertise: String,
     pub peers: Arc<PeerChannels>,
     pub cluster_id: u64,
     /// The node's sled database (for size reporting and flushes).
@@ -57,12 +62,23 @@ pub struct Node {
     pub(crate) removed: tokio::sync::Notify,
     /// Set once this node has seen itself in a membership.
     pub(crate) was_member: std::sync::atomic::AtomicBool,
+    /// Held by each membership change this node runs as leader: openraft's two-step changes
+    /// fail ("last membership log id mismatch") when another change lands between the steps,
+    /// e.g. a member publishing its client address during a promote.
+    pub(crate) membership_changes: tokio::sync::Mutex<()>,
 }
 
 impl Node {
-    /// Opens storage and starts Raft. `advertise` is this node's reachable gRPC address.
-    pub async fn open(config: NodeConfig, advertise: String) -> Result<Arc<Node>, StartError> {
+    /// Opens storage and starts Raft. `advertise` and `peer_advertise` are this node's
+    /// reachable client and peer addresses; `peer_message_bytes` bounds peer messages.
+    pub async fn open(
+        config: NodeConfig,
+        advertise: String,
+        peer_advertise: String,
+        peer_message_bytes: usize,
+    ) -> Result<Arc<Node>, StartError> {
         config.validate()?;
+        let token = PeerToken::load(&config)?;
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
             path: dir.display().to_string(),
@@ -96,7 +112,7 @@ impl Node {
         }
         .validate()?;
 
-        let peers = Arc::new(PeerChannels::default());
+        let peers = Arc::new(PeerChannels::new(token, peer_message_bytes));
         let network = NetworkFactory {
             peers: peers.clone(),
             append_timeout_floor: config.raft.election_min,
@@ -122,12 +138,14 @@ impl Node {
             sm: shared,
             cluster_id: config.cluster_id(),
             advertise,
+            peer_advertise,
             peers,
             config,
             db,
             removed_flag: std::sync::atomic::AtomicBool::new(false),
             removed: tokio::sync::Notify::new(),
             was_member: std::sync::atomic::AtomicBool::new(false),
+            membership_changes: tokio::sync::Mutex::new(()),
         });
         node.bootstrap().await?;
         Ok(node)
@@ -157,15 +175,17 @@ impl Node {
             );
             return Ok(());
         }
-        let mut members: BTreeMap<NodeId, BasicNode> = self
+        let mut members: BTreeMap<NodeId, Member> = self
             .config
             .initial_cluster
             .iter()
-            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .map(|(id, addr)| (*id, Member::new(addr)))
             .collect();
-        if members.is_empty() {
-            members.insert(self.id, BasicNode::new(&self.advertise));
-        }
+        // The others publish their client addresses once they run (`publish_client_addr`).
+        members
+            .entry(self.id)
+            .or_insert_with(|| Member::new(&self.peer_advertise))
+            .client_addr = self.advertise.clone();
         let first = members.keys().next().copied();
         if first != Some(self.id) {
             tracing::info!(
@@ -185,17 +205,13 @@ impl Node {
         Ok(())
     }
 
-    /// The current leader's id and address, if known.
-    pub fn leader(&self) -> Option<(NodeId, String)> {
+    /// The current leader's id and membership entry (peer and client address), if known.
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         let id = m.current_leader?;
-        let addr = m
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())?;
-        Some((id, addr))
+        let leader = m.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, leader))
     }
 
     /// The leader this node knows of.

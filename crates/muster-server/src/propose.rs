@@ -240,7 +240,7 @@ pub(crate) fn not_leader(f: &ForwardToLeader<TypeConfig>) -> RaftPathError {
     }
     RaftPathError::NotLeader {
         leader_id: f.leader_id,
-        leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+        leader: f.leader_node.clone(),
     }
 }
 

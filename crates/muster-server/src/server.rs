@@ -1,5 +1,6 @@
-//! Starts a node: binds the gRPC port (clients and peers share it), opens the node, serves
-//! every service, and the HTTP port for /health, /ready and /metrics.
+//! Starts a node: binds its ports — client gRPC (the etcd API and Muster's services), peer
+//! gRPC (`RaftTransport` only, behind the peer token) and HTTP (/health, /ready, /metrics) —
+//! opens the node and serves.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use muster_proto::raftpb::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::config::NodeConfig;
 use crate::grpc::cluster_service::ClusterService;
@@ -25,51 +27,122 @@ use crate::grpc::watch_service::WatchService;
 use crate::http;
 use crate::lease_keeper::LeaseKeeper;
 use crate::node::{Node, StartError};
+use crate::peer_auth::CheckToken;
 use muster_proto::registrypb::registry_server::RegistryServer;
 
 /// How long a stopping server may take to wind down its connections before it is aborted.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Largest message a client call may send: a request up to `max_request_bytes` (a Txn's ops
+/// and their framing) with room for its envelope.
+pub fn client_message_limit(config: &NodeConfig) -> usize {
+    config.limits.max_request_bytes * 2 + (1 << 20)
+}
+
+/// Most log entries in one append request (openraft's `max_payload_entries` default).
+const APPEND_MAX_ENTRIES: usize = 300;
+
+/// Largest snapshot message: a snapshot travels whole in one `InstallSnapshot` message, so
+/// this bounds the state a follower can be sent (until snapshots are chunked).
+const SNAPSHOT_MESSAGE_LIMIT: usize = 4 << 30;
+
+/// Largest message on the peer port: an append request (at most [`APPEND_MAX_ENTRIES`]
+/// entries, each bounded by the client message limit, since a proposal batch stops at about
+/// one request's size past 1 MiB) or a whole snapshot. Only authenticated peers get this far:
+/// the token is checked before a request's body is read.
+pub fn peer_message_limit(config: &NodeConfig) -> usize {
+    let per_entry = client_message_limit(config) + (1 << 20);
+    (APPEND_MAX_ENTRIES * per_entry).max(SNAPSHOT_MESSAGE_LIMIT)
+}
+
+/// A node's two bound gRPC listeners.
+pub struct Listeners {
+    /// Clients: the etcd API and Muster's services.
+    pub client: TcpListener,
+    /// Peers: `RaftTransport` only, behind the peer token.
+    pub peer: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both listen addresses of `config`.
+    pub async fn bind(config: &NodeConfig) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            client: TcpListener::bind(config.listen).await?,
+            peer: TcpListener::bind(config.peer_listen).await?,
+        })
+    }
+}
+
 /// A node serving on its ports. Dropping it does not stop it; call [`RunningServer::stop`].
 pub struct RunningServer {
     pub node: Arc<Node>,
-    /// The bound gRPC address.
+    /// The bound client gRPC address.
     pub addr: SocketAddr,
+    /// The bound peer gRPC address.
+    pub peer_addr: SocketAddr,
     /// The bound HTTP address, when enabled.
     pub http_addr: Option<SocketAddr>,
     /// The node's lease keeper (leader-side lease time); for services that grant leases.
     pub leases: Arc<LeaseKeeper>,
-    /// Cancelled to stop: ends the accept loop and cuts every open connection.
+    /// Cancelled to stop: ends the accept loops and cuts every open connection.
     stop: CancellationToken,
     grpc_task: JoinHandle<()>,
+    peer_task: JoinHandle<()>,
     http_task: Option<JoinHandle<()>>,
 }
 
 /// Binds, opens storage, starts Raft and serves. Returns once the ports are bound.
 pub async fn start(config: NodeConfig) -> Result<RunningServer, StartError> {
-    let listener = TcpListener::bind(config.listen)
+    let listeners = Listeners::bind(&config)
         .await
         .map_err(StartError::Storage)?;
-    start_with_listener(config, listener).await
+    start_with_listeners(config, listeners).await
 }
 
-/// Like [`start`], on an already bound gRPC listener (tests bind port 0 first to learn every
-/// node's address before any node starts).
-pub async fn start_with_listener(
-    config: NodeConfig,
+/// Serves `router` on `listener` until `stop` is cancelled.
+fn serve(
+    router: tonic::transport::server::Router,
     listener: TcpListener,
+    stop: CancellationToken,
+    port: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let incoming = crate::conn::incoming(listener, stop.clone());
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, stop.cancelled())
+            .await
+        {
+            tracing::error!(port, "gRPC server failed: {e}");
+        }
+    })
+}
+
+/// Like [`start`], on already bound listeners (tests bind port 0 first to learn every node's
+/// addresses before any node starts).
+pub async fn start_with_listeners(
+    config: NodeConfig,
+    listeners: Listeners,
 ) -> Result<RunningServer, StartError> {
-    let addr = listener.local_addr().map_err(StartError::Storage)?;
+    let addr = listeners.client.local_addr().map_err(StartError::Storage)?;
+    let peer_addr = listeners.peer.local_addr().map_err(StartError::Storage)?;
     let http_listener = match config.http_listen {
         Some(a) => Some(TcpListener::bind(a).await.map_err(StartError::Storage)?),
         None => None,
     };
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let max_msg = config.limits.max_request_bytes * 2 + (1 << 20);
-    let node = Node::open(config, advertise).await?;
-    tracing::info!(node_id = node.id, %addr, advertise = %node.advertise, "serving gRPC");
+    let peer_advertise = config
+        .peer_advertise
+        .clone()
+        .unwrap_or_else(|| peer_addr.to_string());
+    let max_msg = client_message_limit(&config);
+    let max_peer_msg = peer_message_limit(&config);
+    let node = Node::open(config, advertise, peer_advertise, max_peer_msg).await?;
+    tracing::info!(node_id = node.id, %addr, %peer_addr, advertise = %node.advertise,
+        peer_advertise = %node.peer_advertise, "serving gRPC");
     let leases = LeaseKeeper::start(node.clone());
 
+    // The client port: client APIs only. RaftTransport is not served here, so a call to it
+    // is Unimplemented.
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
@@ -77,31 +150,47 @@ pub async fn start_with_listener(
                 .max_decoding_message_size(max_msg)
                 .max_encoding_message_size(usize::MAX),
         )
-        .add_service(MaintenanceServer::new(MaintenanceService {
-            node: node.clone(),
-        }))
-        .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
-        .add_service(RegistryServer::new(RegistryService {
-            node: node.clone(),
-            leases: leases.clone(),
-        }))
-        .add_service(LeaseServer::new(LeaseService {
-            node: node.clone(),
-            keeper: leases.clone(),
-        }))
+        .add_service(
+            MaintenanceServer::new(MaintenanceService { node: node.clone() })
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            ClusterServer::new(ClusterService { node: node.clone() })
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            RegistryServer::new(RegistryService {
+                node: node.clone(),
+                leases: leases.clone(),
+            })
+            .max_decoding_message_size(max_msg)
+            .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            LeaseServer::new(LeaseService {
+                node: node.clone(),
+                keeper: leases.clone(),
+            })
+            .max_decoding_message_size(max_msg),
+        )
         .add_service(
             WatchServer::new(WatchService { node: node.clone() })
                 .max_decoding_message_size(max_msg)
                 .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            RaftTransportServer::new(RaftService {
-                node: node.clone(),
-                leases: leases.clone(),
-            })
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX),
         );
+    // The peer port: RaftTransport only, every call checked for the peer token first.
+    let raft_transport = RaftTransportServer::new(RaftService {
+        node: node.clone(),
+        leases: leases.clone(),
+    })
+    .max_decoding_message_size(max_peer_msg)
+    .max_encoding_message_size(max_peer_msg);
+    let peer_router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(InterceptedService::new(
+            raft_transport,
+            CheckToken(node.peers.token()),
+        ));
     let stop = CancellationToken::new();
     // A removed member stops serving, as an etcd member does.
     let removed_watch = node.clone();
@@ -112,16 +201,17 @@ pub async fn start_with_listener(
             _ = stop_on_removal.cancelled() => {}
         }
     });
-    let grpc_stop = stop.clone();
-    let grpc_task = tokio::spawn(async move {
-        let incoming = crate::conn::incoming(listener, grpc_stop.clone());
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled())
-            .await
-        {
-            tracing::error!("gRPC server failed: {e}");
+    // Until it is recorded, this node's client address is not in the membership.
+    let publisher = node.clone();
+    let stop_publishing = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = publisher.publish_client_addr() => {}
+            _ = stop_publishing.cancelled() => {}
         }
     });
+    let grpc_task = serve(router, listeners.client, stop.clone(), "client");
+    let peer_task = serve(peer_router, listeners.peer, stop.clone(), "peer");
 
     let (http_addr, http_task) = match http_listener {
         Some(l) => {
@@ -136,10 +226,12 @@ pub async fn start_with_listener(
     Ok(RunningServer {
         node,
         addr,
+        peer_addr,
         http_addr,
         leases,
         stop,
         grpc_task,
+        peer_task,
         http_task,
     })
 }
@@ -151,12 +243,11 @@ impl RunningServer {
         // Cutting every connection (like a crash) ends open streams, which would otherwise
         // keep a graceful shutdown waiting and the node's storage open.
         self.stop.cancel();
-        if tokio::time::timeout(STOP_GRACE, &mut self.grpc_task)
-            .await
-            .is_err()
-        {
-            self.grpc_task.abort();
-            let _ = (&mut self.grpc_task).await;
+        for task in [&mut self.grpc_task, &mut self.peer_task] {
+            if tokio::time::timeout(STOP_GRACE, &mut *task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+            }
         }
         if let Some(t) = self.http_task.take() {
             t.abort();

@@ -13,13 +13,13 @@
 use openraft::async_runtime::watch::WatchReceiver;
 use std::time::Duration;
 
-use muster_store::raft::LogId;
+use muster_store::raft::{LogId, Member};
 use muster_types::{Command, CommandResponse};
 use openraft::error::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
 use tokio::time::Instant;
 
-use crate::error::RaftPathError;
+use crate::error::{RaftPathError, ServerError};
 use crate::forward_stream::{ForwardStream, Forwarded, FORWARD_TIMEOUT};
 use crate::network::call;
 use crate::network::PeerChannels;
@@ -85,23 +85,46 @@ impl Node {
         self.proposer.propose(cmd).await
     }
 
+    /// A client's write: validated ([`muster_types::Limits::check_command`], which also refuses
+    /// commands only the leader originates), then applied through the cluster.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResponse, ServerError> {
+        self.config.limits.check_command(&cmd)?;
+        Ok(self.route_write(cmd).await?)
+    }
+
+    /// A write a follower forwarded: validated again here, since a peer's word is not a
+    /// validation, and proposed on this node's Raft only (never a second hop).
+    pub async fn write_forwarded(&self, cmd: Command) -> Result<CommandResponse, RaftPathError> {
+        if let Err(e) = self.config.limits.check_command(&cmd) {
+            tracing::warn!(
+                node_id = self.id,
+                cmd = cmd.name(),
+                "refused a forwarded write: {e}"
+            );
+            return Err(RaftPathError::Invalid {
+                reason: e.to_string(),
+            });
+        }
+        self.write_local(cmd).await
+    }
+
     /// Applies `cmd` through the cluster: locally if leader, else forwarded one hop.
-    pub async fn write(&self, cmd: Command) -> Result<CommandResponse, RaftPathError> {
+    async fn route_write(&self, cmd: Command) -> Result<CommandResponse, RaftPathError> {
         let deadline = Instant::now() + self.config.leader_wait;
         loop {
             // A follower that knows the leader forwards at once; proposing locally first would
             // only cost a round trip through its Raft to learn the same thing.
             let local = match self.leader() {
-                Some((id, addr)) if id != self.id => Err(RaftPathError::NotLeader {
+                Some((id, leader)) if id != self.id => Err(RaftPathError::NotLeader {
                     leader_id: Some(id),
-                    leader_addr: Some(addr),
+                    leader: Some(leader),
                 }),
                 _ => self.write_local(cmd.clone()).await,
             };
             match local {
                 Err(RaftPathError::NotLeader {
                     leader_id: Some(id),
-                    leader_addr: Some(addr),
+                    leader: Some(Member { addr, .. }),
                 }) if id != self.id => match self.forward(&addr, &cmd).await {
                     // The leader we know of is gone and the request never left this node:
                     // wait for the election to move on, then retry (safe: nothing was sent).
@@ -220,7 +243,7 @@ impl Node {
                 Ok(l) => return Ok(l),
                 Err(RaftPathError::NotLeader {
                     leader_id: Some(id),
-                    leader_addr: Some(addr),
+                    leader: Some(Member { addr, .. }),
                 }) if id != self.id => {
                     let r: Result<Result<LogId, RaftPathError>, _> = call(
                         &self.peers,

@@ -1,5 +1,6 @@
-//! Test clusters: N real Muster nodes in-process, each on a loopback port bound to 0 with its
-//! own temp dir, talking real gRPC. Kill, restart and wait helpers; no fixed ports, no sleeps
+//! Test clusters: N real Muster nodes in-process, each on loopback ports bound to 0 (client
+//! and peer) with its own temp dir, talking real gRPC; the cluster's peer secret is a
+//! generated file in the cluster's temp dir. Kill, restart and wait helpers; no fixed ports, no sleeps
 //! used as synchronisation (every wait polls a condition against a deadline).
 //!
 //! Layout: [`TestCluster`] (this file); [`wait_until`] the one polling helper.
@@ -14,7 +15,8 @@ use anyhow::{anyhow, bail};
 use muster_server::config::RaftTiming;
 use muster_server::lease_keeper::LeaseKeeper;
 use muster_server::node::{Node, StartError};
-use muster_server::{NodeConfig, RunningServer};
+use muster_server::peer_auth::{write_private, PeerToken};
+use muster_server::{Listeners, NodeConfig, RunningServer};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -50,8 +52,33 @@ pub fn init_tracing() {
 
 struct TestNode {
     config: NodeConfig,
+    /// The client address.
     addr: SocketAddr,
+    /// The peer address (Raft).
+    peer_addr: SocketAddr,
     server: Option<RunningServer>,
+}
+
+/// Binds a client and a peer listener on loopback port 0.
+async fn bind_loopback() -> anyhow::Result<Listeners> {
+    Ok(Listeners {
+        client: TcpListener::bind("127.0.0.1:0").await?,
+        peer: TcpListener::bind("127.0.0.1:0").await?,
+    })
+}
+
+/// Listeners bound for a node that will join with MemberAdd (see [`TestCluster::bind_joiner`]).
+pub struct JoinerListeners(Listeners);
+
+impl JoinerListeners {
+    /// Binds the given client and peer addresses (a node coming back on an old node's
+    /// addresses); `None` while either is still taken.
+    pub async fn bind_at(client: SocketAddr, peer: SocketAddr) -> Option<JoinerListeners> {
+        Some(JoinerListeners(Listeners {
+            client: TcpListener::bind(client).await.ok()?,
+            peer: TcpListener::bind(peer).await.ok()?,
+        }))
+    }
 }
 
 /// A cluster of real nodes in this process.
@@ -73,40 +100,80 @@ impl TestCluster {
     ) -> anyhow::Result<TestCluster> {
         init_tracing();
         let dir = tempfile::tempdir()?;
+        let token_file = dir.path().join("peer-token");
+        write_private(&token_file, &PeerToken::random_text())?;
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
-            let l = TcpListener::bind("127.0.0.1:0").await?;
-            listeners.insert(id, l);
+            listeners.insert(id, bind_loopback().await?);
         }
         let mut initial = BTreeMap::new();
         for (id, l) in &listeners {
-            initial.insert(*id, l.local_addr()?.to_string());
+            initial.insert(*id, l.peer.local_addr()?.to_string());
         }
         let mut nodes = BTreeMap::new();
-        for (id, listener) in listeners {
-            let addr = listener.local_addr()?;
+        for (id, listeners) in listeners {
+            let addr = listeners.client.local_addr()?;
+            let peer_addr = listeners.peer.local_addr()?;
             let mut config = NodeConfig {
                 node_id: id,
                 data_dir: dir.path().join(format!("node{id}")),
                 listen: addr,
+                peer_listen: peer_addr,
+                peer_token_file: Some(token_file.clone()),
                 initial_cluster: initial.clone(),
                 raft: RaftTiming::fast_for_tests(),
                 ..Default::default()
             };
             tweak(&mut config);
-            let server = muster_server::start_with_listener(config.clone(), listener).await?;
+            let server = muster_server::start_with_listeners(config.clone(), listeners).await?;
             nodes.insert(
                 id,
                 TestNode {
                     config,
                     addr,
+                    peer_addr,
                     server: Some(server),
                 },
             );
         }
         let cluster = TestCluster { nodes, _dir: dir };
         cluster.wait_for_leader(Duration::from_secs(10)).await?;
+        cluster.wait_published(Duration::from_secs(10)).await?;
         Ok(cluster)
+    }
+
+    /// Waits until every running node's membership lists every running node's client
+    /// address (each node publishes its own once it runs).
+    pub async fn wait_published(&self, timeout: Duration) -> anyhow::Result<()> {
+        wait_until(
+            timeout,
+            "every node's client address in the membership",
+            || async {
+                for n in self.nodes.values() {
+                    let Some(s) = &n.server else { continue };
+                    let members = s.node.members();
+                    let all =
+                        self.nodes
+                            .iter()
+                            .filter(|(_, m)| m.server.is_some())
+                            .all(|(id, m)| {
+                                members
+                                    .iter()
+                                    .any(|x| x.id == *id && x.client_ur_ls == [m.addr.to_string()])
+                            });
+                    if !all {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await
+    }
+
+    /// The cluster's peer secret file.
+    pub fn peer_token_file(&self) -> std::path::PathBuf {
+        self._dir.path().join("peer-token")
     }
 
     /// Every node id, running or not.
@@ -114,9 +181,14 @@ impl TestCluster {
         self.nodes.keys().copied().collect()
     }
 
-    /// The gRPC address of node `id`.
+    /// The client gRPC address of node `id`.
     pub fn addr(&self, id: u64) -> SocketAddr {
         self.nodes[&id].addr
+    }
+
+    /// The peer gRPC address of node `id` (Raft only).
+    pub fn peer_addr(&self, id: u64) -> SocketAddr {
+        self.nodes[&id].peer_addr
     }
 
     /// `http://addr` endpoints of the running nodes.
@@ -226,7 +298,7 @@ impl TestCluster {
         if n.server.is_some() {
             bail!("node {id} is already running");
         }
-        let (config, addr) = (n.config.clone(), n.addr);
+        let (config, addr, peer_addr) = (n.config.clone(), n.addr, n.peer_addr);
         // The killed node's storage is released once its last in-flight handler drops its
         // handle; until then sled's file lock refuses a second open.
         let server = wait_until(
@@ -235,8 +307,11 @@ impl TestCluster {
             || {
                 let config = config.clone();
                 async move {
-                    let listener = TcpListener::bind(addr).await.ok()?;
-                    match muster_server::start_with_listener(config, listener).await {
+                    let listeners = Listeners {
+                        client: TcpListener::bind(addr).await.ok()?,
+                        peer: TcpListener::bind(peer_addr).await.ok()?,
+                    };
+                    match muster_server::start_with_listeners(config, listeners).await {
                         Ok(s) => Some(Ok(s)),
                         Err(StartError::Sled(e)) => {
                             tracing::debug!("reopen of node {id} refused: {e}");
@@ -252,37 +327,44 @@ impl TestCluster {
         Ok(())
     }
 
-    /// Binds a listener for a node that will join with MemberAdd; returns its address (the
-    /// peer URL to add) and the listener to hand to [`TestCluster::start_joiner`].
-    pub async fn bind_joiner(&self) -> anyhow::Result<(SocketAddr, TcpListener)> {
-        let l = TcpListener::bind("127.0.0.1:0").await?;
-        Ok((l.local_addr()?, l))
+    /// Binds listeners for a node that will join with MemberAdd; returns its peer address
+    /// (the peer URL to add) and the listeners to hand to [`TestCluster::start_joiner`].
+    pub async fn bind_joiner(&self) -> anyhow::Result<(SocketAddr, JoinerListeners)> {
+        let l = bind_loopback().await?;
+        Ok((l.peer.local_addr()?, JoinerListeners(l)))
     }
 
-    /// Starts a node that joins the cluster under `id` (assigned by MemberAdd) on `listener`.
-    pub async fn start_joiner(&mut self, id: u64, listener: TcpListener) -> anyhow::Result<()> {
+    /// Starts a node that joins the cluster under `id` (assigned by MemberAdd) on `listeners`.
+    pub async fn start_joiner(
+        &mut self,
+        id: u64,
+        JoinerListeners(listeners): JoinerListeners,
+    ) -> anyhow::Result<()> {
         let template = self
             .nodes
             .values()
             .next()
             .map(|n| n.config.clone())
             .ok_or_else(|| anyhow!("empty cluster"))?;
-        let addr = listener.local_addr()?;
+        let addr = listeners.client.local_addr()?;
+        let peer_addr = listeners.peer.local_addr()?;
         let data_dir = self._dir.path().join(format!("node{id}"));
         let config = NodeConfig {
             node_id: id,
             data_dir,
             listen: addr,
+            peer_listen: peer_addr,
             initial_cluster: BTreeMap::new(),
             join: true,
             ..template
         };
-        let server = muster_server::start_with_listener(config.clone(), listener).await?;
+        let server = muster_server::start_with_listeners(config.clone(), listeners).await?;
         self.nodes.insert(
             id,
             TestNode {
                 config,
                 addr,
+                peer_addr,
                 server: Some(server),
             },
         );
@@ -323,7 +405,7 @@ impl TestCluster {
     /// Cuts node `id` off from every other node (both directions, peer traffic only; clients
     /// can still reach it, as with a partition between server racks).
     pub fn isolate(&self, id: u64) -> anyhow::Result<()> {
-        let addr = self.addr(id).to_string();
+        let addr = self.peer_addr(id).to_string();
         for (other, n) in &self.nodes {
             if *other == id {
                 continue;
@@ -332,7 +414,7 @@ impl TestCluster {
                 s.node.peers.block(&addr);
             }
             if let Some(s) = self.nodes.get(&id).and_then(|n| n.server.as_ref()) {
-                s.node.peers.block(&n.addr.to_string());
+                s.node.peers.block(&n.peer_addr.to_string());
             }
         }
         Ok(())

@@ -74,6 +74,22 @@ impl Command {
         }
     }
 
+    /// Whether only the leader itself may originate this command (lease expiry, decided by
+    /// the leader's lease keeper): such a command is never accepted from a client or a forward.
+    pub fn is_leader_only(&self) -> bool {
+        match self {
+            Command::LeaseExpire { .. } => true,
+            Command::Idempotent { cmd, .. } => cmd.is_leader_only(),
+            Command::Batch(cmds) => cmds.iter().any(Command::is_leader_only),
+            Command::Put(_)
+            | Command::DeleteRange(_)
+            | Command::Txn(_)
+            | Command::Compact { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. } => false,
+        }
+    }
+
     /// A cheap estimate of the command's encoded size in bytes (keys and values dominate), used
     /// to bound proposal batches without encoding them twice.
     pub fn approx_size(&self) -> usize {

@@ -117,6 +117,12 @@ impl Limits {
 
     /// Validates a command before it is proposed.
     pub fn check_command(&self, cmd: &Command) -> Result<(), ValidationError> {
+        if cmd.is_leader_only() {
+            return Err(ValidationError::InvalidArgument {
+                field: "command",
+                reason: format!("{} is proposed only by the leader itself", cmd.name()),
+            });
+        }
         match cmd {
             Command::Put(p) => self.check_put(p),
             Command::DeleteRange(d) => self.check_delete(d),

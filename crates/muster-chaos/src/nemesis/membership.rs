@@ -105,7 +105,7 @@ fn failed(note: String) -> Applied {
     }
 }
 
-/// MemberAdd (learner) of `{alias}:2379`; `docker run` the node with `--join` under the id the
+/// MemberAdd (learner) of `{alias}:2380` (its peer port); `docker run` the node with `--join` under the id the
 /// cluster assigned; wait until it caught up; MemberPromote. The view gains the node once its
 /// container runs. On failure what was done is undone (the learner removed).
 async fn join(
@@ -118,7 +118,7 @@ async fn join(
     problems: &mut Vec<String>,
 ) -> anyhow::Result<u64> {
     let add = MemberChange::Add {
-        peer_url: format!("http://{alias}:2379"),
+        peer_url: format!("http://{alias}:2380"),
         learner: true,
     };
     let id = change_members(&cluster.endpoints(), &add, s.op_timeout, s.recover_timeout).await?;

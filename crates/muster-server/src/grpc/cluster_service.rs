@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use muster_proto::etcdserverpb as pb;
 use muster_proto::etcdserverpb::cluster_server::Cluster;
+use muster_store::raft::Member;
 use muster_types::ValidationError;
 use openraft::async_runtime::watch::WatchReceiver;
 use tonic::{Request, Response, Status};
@@ -18,28 +19,33 @@ pub struct ClusterService {
 }
 
 impl Node {
-    /// Every member (voters and learners) as etcd `Member`s. Client URLs are bare `host:port`:
-    /// etcdctl 3.4 (`endpoint status --cluster`) sends a client URL's text as the HTTP/2
-    /// authority, and an `http://` prefix there is a protocol error for our HTTP/2 stack.
+    /// Every member (voters and learners) as etcd `Member`s: peer URLs are the peer port's,
+    /// client URLs the client port's, empty until the member has published it (as etcd lists
+    /// a member that has not started). Client URLs are bare `host:port`: etcdctl 3.4
+    /// (`endpoint status --cluster`) sends a client URL's text as the HTTP/2 authority, and an
+    /// `http://` prefix there is a protocol error for our HTTP/2 stack.
     pub fn members(&self) -> Vec<pb::Member> {
         let metrics = self.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-        let nodes = membership.nodes().map(|(id, n)| (*id, n.addr.clone()));
-        to_members(nodes, &voters)
+        to_members(membership.nodes().map(|(id, n)| (*id, n)), &voters)
     }
 }
 
-fn to_members(
-    nodes: impl Iterator<Item = (u64, String)>,
+fn to_members<'a>(
+    nodes: impl Iterator<Item = (u64, &'a Member)>,
     voters: &std::collections::BTreeSet<u64>,
 ) -> Vec<pb::Member> {
     nodes
-        .map(|(id, addr)| pb::Member {
+        .map(|(id, m)| pb::Member {
             id,
             name: format!("muster-{id}"),
-            peer_ur_ls: vec![format!("http://{addr}")],
-            client_ur_ls: vec![addr],
+            peer_ur_ls: vec![format!("http://{}", m.addr)],
+            client_ur_ls: if m.client_addr.is_empty() {
+                vec![]
+            } else {
+                vec![m.client_addr.clone()]
+            },
             is_learner: !voters.contains(&id),
         })
         .collect()
@@ -48,7 +54,7 @@ fn to_members(
 /// The membership as the leader reported it after a change (a follower that forwarded the
 /// change may not have received the new membership yet).
 fn changed_members(c: &crate::membership::MembershipChanged) -> Vec<pb::Member> {
-    to_members(c.nodes.iter().map(|(id, a)| (*id, a.clone())), &c.voters)
+    to_members(c.nodes.iter().map(|(id, m)| (*id, m)), &c.voters)
 }
 
 fn unsupported(what: &'static str) -> Status {
@@ -82,7 +88,7 @@ impl Cluster for ClusterService {
             _ => {
                 return Err(invalid(
                     "peerURLs",
-                    "exactly one peer URL (the node's gRPC address)",
+                    "exactly one peer URL (the node's peer address)",
                 ))
             }
         };

@@ -25,7 +25,6 @@ impl KvService {
         cmd: Command,
         request_id: Option<String>,
     ) -> Result<(i64, ResponseBody), ServerError> {
-        self.node.config.limits.check_command(&cmd)?;
         body(self.node.write(idempotent(cmd, request_id)).await?)
     }
 

@@ -108,8 +108,8 @@ async fn next_forward_answer(
     }
 }
 
-/// Proposes one forwarded command on this node's Raft (never a second hop) and encodes its
-/// answer with the follower's id.
+/// Proposes one forwarded command on this node's Raft (validated there, never a second hop)
+/// and encodes its answer with the follower's id.
 async fn propose_forwarded(
     node: Arc<Node>,
     leases: Arc<LeaseKeeper>,
@@ -119,7 +119,7 @@ async fn propose_forwarded(
     // The lease keeper learns of grants and revokes from their answers; only those commands
     // are kept for it.
     let observed = LeaseKeeper::observes(&cmd).then(|| cmd.clone());
-    let r = node.write_local(cmd).await;
+    let r = node.write_forwarded(cmd).await;
     if let (Some(cmd), Ok(resp)) = (&observed, &r) {
         leases.observe(cmd, resp);
     }

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use muster_store::raft::Member;
 use muster_types::{Command, CommandResponse, ResponseBody};
 use openraft::error::{LinearizableReadError, RaftError};
 use openraft::LinearizerOption;
@@ -243,7 +244,7 @@ impl LeaseKeeper {
             let r = match local(deadline).await {
                 Err(RaftPathError::NotLeader {
                     leader_id: Some(id),
-                    leader_addr: Some(addr),
+                    leader: Some(Member { addr, .. }),
                 }) if id != self.node.id => remote(addr).await,
                 other => other,
             };

@@ -20,16 +20,44 @@ use muster_types::{CommandResponse, LogEntry};
 
 openraft::declare_raft_types!(
     /// Muster's Raft type configuration: the log carries [`LogEntry`], apply returns
-    /// [`CommandResponse`], nodes are `u64` ids with their gRPC address.
+    /// [`CommandResponse`], nodes are `u64` ids with their peer and client addresses.
     pub TypeConfig:
         D = LogEntry,
         R = CommandResponse,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = Member,
 );
 
 pub type NodeId = u64;
-pub type Node = openraft::BasicNode;
+pub type Node = Member;
+
+/// A member as the Raft membership records it: where peers reach it (the peer port, Raft
+/// traffic only) and where clients reach it (the client port, reported by MemberList and in
+/// leader hints). The client address is published by the member itself once it runs (etcd's
+/// model: MemberAdd knows only the peer URL), so it is empty until then.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    /// The peer address, `host:port`.
+    pub addr: String,
+    /// The client address, `host:port`; empty until the member has published it.
+    pub client_addr: String,
+}
+
+impl Member {
+    /// A member known so far by its peer address only.
+    pub fn new(addr: impl Into<String>) -> Member {
+        Member {
+            addr: addr.into(),
+            client_addr: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (clients: {})", self.addr, self.client_addr)
+    }
+}
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;

@@ -34,16 +34,30 @@ struct Args {
     /// Data directory.
     #[arg(long, env = "MUSTER_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// gRPC listen address (clients and peers).
+    /// gRPC listen address for clients (default 127.0.0.1:2379).
     #[arg(long, env = "MUSTER_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Address others reach this node at (default: the bound listen address).
+    /// Address clients reach this node at (default: the bound client address).
     #[arg(long, env = "MUSTER_ADVERTISE")]
     advertise: Option<String>,
+    /// gRPC listen address for peers, Raft only (default 127.0.0.1:2380).
+    #[arg(long, env = "MUSTER_PEER_LISTEN")]
+    peer_listen: Option<SocketAddr>,
+    /// Address peers reach this node at (default: the bound peer address).
+    #[arg(long, env = "MUSTER_PEER_ADVERTISE")]
+    peer_advertise: Option<String>,
+    /// File holding the cluster's peer secret (the same on every node; required for more
+    /// than one node).
+    #[arg(long, env = "MUSTER_PEER_TOKEN_FILE")]
+    peer_token_file: Option<PathBuf>,
+    /// Create the peer token file with a random secret if it does not exist.
+    #[arg(long, env = "MUSTER_CREATE_PEER_TOKEN")]
+    create_peer_token: bool,
     /// HTTP listen address for /health, /ready, /metrics.
     #[arg(long, env = "MUSTER_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
-    /// Initial members: `1=host:port,2=host:port,3=host:port` (first start only).
+    /// Initial members by peer address: `1=host:2380,2=host:22380,3=host:32380` (first start
+    /// only).
     #[arg(long, env = "MUSTER_INITIAL_CLUSTER")]
     initial_cluster: Option<String>,
     /// Join an existing cluster as a member added with MemberAdd (never initialise one).
@@ -77,6 +91,18 @@ fn build_config(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(v) = &args.advertise {
         c.advertise = Some(v.clone());
+    }
+    if let Some(v) = args.peer_listen {
+        c.peer_listen = v;
+    }
+    if let Some(v) = &args.peer_advertise {
+        c.peer_advertise = Some(v.clone());
+    }
+    if let Some(v) = &args.peer_token_file {
+        c.peer_token_file = Some(v.clone());
+    }
+    if args.create_peer_token {
+        c.create_peer_token = true;
     }
     if let Some(v) = args.http_listen {
         c.http_listen = Some(v);
