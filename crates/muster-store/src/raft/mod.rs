@@ -15,6 +15,10 @@ pub mod file_log;
 pub mod state_machine;
 #[cfg(test)]
 mod suite_tests;
+#[cfg(test)]
+mod test_util;
+#[cfg(test)]
+mod tests_failstop;
 
 use muster_types::{CommandResponse, LogEntry};
 

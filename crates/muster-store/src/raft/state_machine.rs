@@ -16,19 +16,27 @@
 //! openraft re-applies the rest from the log; and the log is never purged past a snapshot, which
 //! writes the batch first. Until then reads see the unwritten state from memory (the index) and
 //! from the history's pending records.
+//!
+//! Fail-stop: a storage error is fatal. The first failed write of the batch (or a failed apply,
+//! which may leave half a group in memory and in the batch) is recorded in [`SmInner`]; from
+//! then on apply, snapshot build and install return it to openraft, which stops Raft, and the
+//! ticker stops writing. The batch itself is kept, never dropped: a failed write must not let
+//! a later batch record an applied log id past entries that never reached the disk (openraft
+//! does not re-apply entries at or below the applied id after a restart).
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, TryStreamExt};
 use muster_types::{CommandResponse, Event, ResponseBody};
-use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::{io_err, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::error::StoreError;
 use crate::mvcc::Mvcc;
 use crate::watch::WatchHub;
 
@@ -53,6 +61,9 @@ pub struct SmShared {
     log_durable: std::sync::OnceLock<Arc<AtomicU64>>,
     inner: RwLock<SmInner>,
     hub: Arc<WatchHub>,
+    /// Fault injection: this many of the next tree writes fail (see
+    /// [`SmShared::inject_write_failures`]).
+    fail_writes: AtomicU32,
 }
 
 /// The state under the apply lock.
@@ -61,6 +72,15 @@ pub struct SmInner {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
     unwritten: Unwritten,
+    /// Set by the first failed write (or failed apply); from then on the state machine refuses
+    /// everything (fail-stop).
+    failed: Option<Arc<io::Error>>,
+}
+
+fn stopped(source: &Arc<io::Error>) -> io::Error {
+    io_err(StoreError::Stopped {
+        source: source.clone(),
+    })
 }
 
 /// Applied groups whose sled batch is not written yet.
@@ -74,16 +94,101 @@ struct Unwritten {
 }
 
 impl SmInner {
-    /// Writes the unwritten batch to `tree` (atomically: sled applies a batch whole or not at
-    /// all) and tells the MVCC layer its pending history is now in the tree.
-    fn write_unwritten(&mut self, tree: &sled::Tree) -> io::Result<()> {
+    /// Writes the unwritten batch to the tree (atomically: sled applies a batch whole or not at
+    /// all) and tells the MVCC layer its pending history is now in the tree. A failed write
+    /// stops the state machine (see [`Self::fail`]).
+    fn write_unwritten(&mut self, shared: &SmShared) -> io::Result<()> {
+        self.check_running()?;
         if self.unwritten.since.is_none() {
             return Ok(());
         }
-        let Unwritten { batch, .. } = std::mem::take(&mut self.unwritten);
-        tree.apply_batch(batch).map_err(io_err)?;
+        // A copy is written (clones share the values' buffers): if the write fails, the batch
+        // stays with the applied state it carries instead of vanishing while a later batch
+        // records a newer applied log id.
+        if let Err(e) = shared.write_batch(self.unwritten.batch.clone()) {
+            return Err(self.fail(io_err(e), "writing applied state to sled"));
+        }
+        self.unwritten = Unwritten::default();
         self.mvcc.persisted();
         Ok(())
+    }
+
+    /// Applies one group of entries: memory at once, the writes into the unwritten batch with
+    /// the group's applied log id and membership, and writes the batch when it is due. Returns
+    /// the group's events; `replies` gets each responder with its response.
+    fn apply_group(
+        &mut self,
+        shared: &SmShared,
+        entries: Vec<EntryResponder<TypeConfig>>,
+        replies: &mut Vec<(ApplyResponder<TypeConfig>, CommandResponse)>,
+    ) -> io::Result<Vec<Event>> {
+        let mut events: Vec<Event> = Vec::new();
+        for (entry, responder) in entries {
+            let response = match entry.payload {
+                EntryPayload::Blank => empty_response(&self.mvcc),
+                EntryPayload::Normal(log_entry) => self
+                    .mvcc
+                    .apply(
+                        log_entry.time_ms,
+                        &log_entry.cmd,
+                        &mut self.unwritten.batch,
+                        &mut events,
+                    )
+                    .map_err(io_err)?,
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    empty_response(&self.mvcc)
+                }
+            };
+            self.last_applied = Some(entry.log_id);
+            if let Some(r) = responder {
+                replies.push((r, response));
+            }
+        }
+        self.unwritten.batch.insert(
+            KEY_APPLIED,
+            bincode::serialize(&self.last_applied).map_err(io_err)?,
+        );
+        self.unwritten.batch.insert(
+            KEY_MEMBERSHIP,
+            bincode::serialize(&self.membership).map_err(io_err)?,
+        );
+        self.unwritten.since.get_or_insert_with(Instant::now);
+        self.unwritten.bytes += events
+            .iter()
+            .map(|e| e.kv.key.len() + e.kv.value.len())
+            .sum::<usize>();
+        if self.write_due(shared.log_durable.get().map(|d| &**d)) {
+            self.write_unwritten(shared)?;
+        }
+        Ok(events)
+    }
+
+    /// `Err(Stopped)` once a write has failed: nothing may be applied, written or snapshotted
+    /// on top of state that is not on disk.
+    fn check_running(&self) -> io::Result<()> {
+        match &self.failed {
+            Some(source) => Err(stopped(source)),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the state machine after a storage failure in `what`: records the failure, so
+    /// every later apply, snapshot and deferred write fails with it, and says so once, loudly.
+    /// Returns the error to hand to openraft, which treats it as fatal and stops Raft.
+    fn fail(&mut self, e: io::Error, what: &str) -> io::Error {
+        if let Some(source) = &self.failed {
+            return stopped(source);
+        }
+        tracing::error!(
+            error = %e,
+            last_applied = ?self.last_applied,
+            "{what} failed: the state machine stops; Raft stops this node"
+        );
+        let source = Arc::new(e);
+        let err = stopped(&source);
+        self.failed = Some(source);
+        err
     }
 
     /// Whether the unwritten batch should be written now: it is old or big enough, and the
@@ -114,6 +219,31 @@ impl SmShared {
             .unwrap_or_else(|p| panic!("state machine lock poisoned: {p}"))
     }
 
+    /// For fault-injection tests only: makes the next `n` writes of the state machine's tree
+    /// fail with an I/O error, as a failing disk would.
+    #[doc(hidden)]
+    pub fn inject_write_failures(&self, n: u32) {
+        self.fail_writes.store(n, Ordering::SeqCst);
+    }
+
+    /// How many injected write failures have not fired yet.
+    #[cfg(test)]
+    pub(crate) fn injected_write_failures_left(&self) -> u32 {
+        self.fail_writes.load(Ordering::SeqCst)
+    }
+
+    /// Writes `batch` to the tree atomically, unless an injected failure is due.
+    fn write_batch(&self, batch: sled::Batch) -> sled::Result<()> {
+        let inject = self
+            .fail_writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if inject {
+            return Err(sled::Error::Io(io::Error::other("injected write failure")));
+        }
+        self.tree.apply_batch(batch)
+    }
+
     fn write(&self) -> RwLockWriteGuard<'_, SmInner> {
         self.inner
             .write()
@@ -131,10 +261,15 @@ async fn run_write_ticker(shared: Weak<SmShared>) {
             return;
         };
         let mut inner = shared.write();
-        if inner.write_due(shared.log_durable.get().map(|d| &**d)) {
-            if let Err(e) = inner.write_unwritten(&shared.tree) {
-                tracing::error!(error = %e, "writing applied state to sled failed");
-            }
+        if inner.failed.is_some() {
+            // Stopped (and logged) by whoever failed; retrying would only hide it.
+            return;
+        }
+        if inner.write_due(shared.log_durable.get().map(|d| &**d))
+            && inner.write_unwritten(&shared).is_err()
+        {
+            // Logged by `SmInner::fail`; the next apply hands the error to openraft.
+            return;
         }
     }
 }
@@ -185,11 +320,13 @@ impl StateMachineStore {
             tree,
             log_durable: std::sync::OnceLock::new(),
             hub,
+            fail_writes: AtomicU32::new(0),
             inner: RwLock::new(SmInner {
                 mvcc,
                 last_applied,
                 membership,
                 unwritten: Unwritten::default(),
+                failed: None,
             }),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -250,7 +387,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let mut inner = self.shared.write();
             // The snapshot is read from the tree, and the log is purged behind it: everything
             // applied must be in the tree first.
-            inner.write_unwritten(&self.shared.tree)?;
+            inner.write_unwritten(&self.shared)?;
             let mut records = Vec::new();
             for item in self.shared.tree.iter() {
                 let (k, v) = item.map_err(io_err)?;
@@ -296,53 +433,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let started = Instant::now();
         let count = entries.len();
         let mut replies = Vec::with_capacity(count);
-        let mut events: Vec<Event> = Vec::new();
         {
-            let mut guard = self.shared.write();
-            let inner = &mut *guard;
-            for (entry, responder) in entries {
-                let response = match entry.payload {
-                    EntryPayload::Blank => empty_response(&inner.mvcc),
-                    EntryPayload::Normal(log_entry) => inner
-                        .mvcc
-                        .apply(
-                            log_entry.time_ms,
-                            &log_entry.cmd,
-                            &mut inner.unwritten.batch,
-                            &mut events,
-                        )
-                        .map_err(io_err)?,
-                    EntryPayload::Membership(m) => {
-                        inner.membership = StoredMembership::new(Some(entry.log_id), m);
-                        empty_response(&inner.mvcc)
-                    }
-                };
-                inner.last_applied = Some(entry.log_id);
-                if let Some(r) = responder {
-                    replies.push((r, response));
-                }
-            }
-            inner.unwritten.batch.insert(
-                KEY_APPLIED,
-                bincode::serialize(&inner.last_applied).map_err(io_err)?,
-            );
-            inner.unwritten.batch.insert(
-                KEY_MEMBERSHIP,
-                bincode::serialize(&inner.membership).map_err(io_err)?,
-            );
-            inner.unwritten.since.get_or_insert_with(Instant::now);
-            inner.unwritten.bytes += events
-                .iter()
-                .map(|e| e.kv.key.len() + e.kv.value.len())
-                .sum::<usize>();
-            if inner.write_due(self.shared.log_durable.get().map(|d| &**d)) {
-                inner.write_unwritten(&self.shared.tree)?;
-            }
+            let mut inner = self.shared.write();
+            inner.check_running()?;
+            let events = match inner.apply_group(&self.shared, entries, &mut replies) {
+                Ok(events) => events,
+                // Part of the group may be in memory and in the batch, with no applied id
+                // covering it: none of it may reach the disk.
+                Err(e) => return Err(inner.fail(e, "applying entries")),
+            };
             // Still under the write lock: a watcher catching up under the read lock sees
             // either none of this group or all of it in history, never half.
-            self.shared
-                .hub
-                .publish(&inner.mvcc, std::mem::take(&mut events));
+            self.shared.hub.publish(&inner.mvcc, events);
             if let Some(l) = &inner.last_applied {
                 tracing::debug!(
                     log_index = l.index,
@@ -374,6 +476,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let payload: SnapshotPayload = bincode::deserialize(&snapshot).map_err(io_err)?;
         {
             let mut inner = self.shared.write();
+            inner.check_running()?;
             // Unwritten applied state is older than the snapshot, which replaces it.
             inner.unwritten = Unwritten::default();
             // One batch: sled applies it atomically, so a crash leaves the old state or the new.
@@ -393,8 +496,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 KEY_MEMBERSHIP,
                 bincode::serialize(&meta.last_membership).map_err(io_err)?,
             );
-            self.shared.tree.apply_batch(batch).map_err(io_err)?;
-            inner.mvcc = Mvcc::open(self.shared.tree.clone()).map_err(io_err)?;
+            if let Err(e) = self.shared.write_batch(batch) {
+                return Err(inner.fail(io_err(e), "writing an installed snapshot to sled"));
+            }
+            inner.mvcc = match Mvcc::open(self.shared.tree.clone()) {
+                Ok(mvcc) => mvcc,
+                Err(e) => return Err(inner.fail(io_err(e), "opening an installed snapshot")),
+            };
             // The revisions skipped by the snapshot were never published: live watchers
             // re-read them from the new history.
             self.shared.hub.reset(&inner.mvcc);
