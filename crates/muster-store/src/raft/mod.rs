@@ -44,6 +44,19 @@ pub type SnapshotData = Vec<u8>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachineStore>;
 
+/// Runs blocking storage work (fsyncs, renames, scans of the whole state, snapshot encoding) on
+/// tokio's blocking pool, so it never stalls a runtime worker and the heartbeats on it. A panic
+/// in `f` comes back as an error (openraft treats it as fatal).
+pub(crate) async fn blocking<T, F>(f: F) -> std::io::Result<T>
+where
+    F: FnOnce() -> std::io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
 /// Maps a storage-layer failure into the `io::Error` openraft's storage traits speak.
 pub(crate) fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
     std::io::Error::other(e)
