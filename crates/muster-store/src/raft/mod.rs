@@ -9,7 +9,10 @@
 //! - [`file_log`]: [`file_log::FileLogStore`], the Raft log and vote in append-only segment files
 //!   under `<data_dir>/raft-log`; group commit (one write + one fdatasync per group of appends).
 //! - [`state_machine`]: [`state_machine::StateMachineStore`], applies committed entries to
-//!   [`crate::mvcc::Mvcc`], snapshots and installs snapshots.
+//!   [`crate::mvcc::Mvcc`] (fail-stop on storage errors); its `snapshot` submodule builds and
+//!   installs snapshots off the async runtime.
+//! - `test_util`, `tests_failstop`, `tests_snapshot`, `suite_tests`: state-machine tests and
+//!   openraft's storage suite.
 
 pub mod file_log;
 pub mod state_machine;
@@ -19,6 +22,8 @@ mod suite_tests;
 mod test_util;
 #[cfg(test)]
 mod tests_failstop;
+#[cfg(test)]
+mod tests_snapshot;
 
 use muster_types::{CommandResponse, LogEntry};
 

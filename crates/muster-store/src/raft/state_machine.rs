@@ -1,6 +1,6 @@
 //! The Raft state machine: applies committed entries to the MVCC keyspace, persists the applied
-//! log id and membership in the same atomic sled batch as the data, and builds and installs
-//! snapshots.
+//! log id and membership in the same atomic sled batch as the data; fail-stop on storage errors.
+//! Building and installing snapshots is in `snapshot`.
 //!
 //! Readers (Range, Status, watch catch-up) share [`SmShared`] with the applier: apply holds the
 //! write lock while it changes the keyspace, so a reader sees whole entries or nothing.
@@ -23,29 +23,42 @@
 //! ticker stops writing. The batch itself is kept, never dropped: a failed write must not let
 //! a later batch record an applied log id past entries that never reached the disk (openraft
 //! does not re-apply entries at or below the applied id after a restart).
+//!
+//! Snapshots and the tree (`snapshot`): a build takes the write lock only to write the batch,
+//! record the applied log id and membership and suspend deferred writes; it then scans the tree
+//! without the lock, on a blocking thread. The scan sees exactly the state at that log id
+//! because of one rule: **while a scan runs, nothing writes the tree.** Deferred writes wait
+//! (`write_due` says no, the byte bound included; applies go on, their state stays in the batch,
+//! which readers already see from memory) and resume when the scan ends, on error too. Installs
+//! and other builds wait on the snapshot gate. Everything else that changes the tree,
+//! compaction and lease expiry included, goes through the batch (the MVCC layer only ever writes
+//! into the caller's batch). New code that writes the tree must go through the batch or take
+//! the gate.
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, TryStreamExt};
 use muster_types::{CommandResponse, Event, ResponseBody};
 use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use serde::{Deserialize, Serialize};
+use openraft::{EntryPayload, OptionalSend};
 
 use super::{io_err, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::error::StoreError;
 use crate::mvcc::Mvcc;
 use crate::watch::WatchHub;
 
+mod snapshot;
+
+pub use snapshot::SnapshotPayload;
+
 /// Raft-side meta lives in the state machine's tree under this prefix, so it is written in the
 /// same atomic batch as the data it describes. The MVCC layer never uses this prefix.
 const KEY_APPLIED: &[u8] = b"s/applied";
 const KEY_MEMBERSHIP: &[u8] = b"s/membership";
 const META_PREFIX: u8 = b's';
-const SNAPSHOT_FILE: &str = "snapshot.bin";
 /// An apply batch slower than this is logged as a warning.
 const SLOW_APPLY_MS: u128 = 100;
 /// The longest applied state waits in memory before its sled batch is written.
@@ -64,6 +77,25 @@ pub struct SmShared {
     /// Fault injection: this many of the next tree writes fail (see
     /// [`SmShared::inject_write_failures`]).
     fail_writes: AtomicU32,
+    /// Held by a snapshot build from recording its applied log id until its file is saved, and
+    /// by an install throughout: one at a time scans or rewrites the tree and writes the
+    /// snapshot file.
+    snapshot_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Scans in progress that need the tree unchanged; deferred writes wait while it is not
+    /// zero. Raised only under the write lock (see [`SmShared::suspend_writes`]).
+    writes_suspended: AtomicUsize,
+    /// Run by the next snapshot build once its scan is about to start, without the lock.
+    #[cfg(test)]
+    scan_hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+/// Deferred writes of the tree are suspended while this lives (see the module doc).
+struct WritesSuspended<'a>(&'a SmShared);
+
+impl Drop for WritesSuspended<'_> {
+    fn drop(&mut self) {
+        self.0.writes_suspended.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The state under the apply lock.
@@ -158,7 +190,7 @@ impl SmInner {
             .iter()
             .map(|e| e.kv.key.len() + e.kv.value.len())
             .sum::<usize>();
-        if self.write_due(shared.log_durable.get().map(|d| &**d)) {
+        if self.write_due(shared) {
             self.write_unwritten(shared)?;
         }
         Ok(events)
@@ -191,16 +223,23 @@ impl SmInner {
         err
     }
 
-    /// Whether the unwritten batch should be written now: it is old or big enough, and the
-    /// Raft log is durable through everything it applied (`log_durable`, when given).
-    fn write_due(&self, log_durable: Option<&AtomicU64>) -> bool {
+    /// Whether the unwritten batch should be written now: it is old or big enough, the Raft
+    /// log is durable through everything it applied (once the log's watermark is given), and no
+    /// snapshot scan needs the tree unchanged.
+    fn write_due(&self, shared: &SmShared) -> bool {
+        if shared.writes_suspended.load(Ordering::SeqCst) > 0 {
+            return false;
+        }
         let due = self.unwritten.bytes >= WRITE_AT_BYTES
             || self
                 .unwritten
                 .since
                 .is_some_and(|since| since.elapsed() >= WRITE_EVERY);
         let applied = self.last_applied.map_or(0, |l| l.index);
-        due && log_durable.is_none_or(|d| d.load(Ordering::SeqCst) >= applied)
+        due && shared
+            .log_durable
+            .get()
+            .is_none_or(|d| d.load(Ordering::SeqCst) >= applied)
     }
 }
 
@@ -244,6 +283,31 @@ impl SmShared {
         self.tree.apply_batch(batch)
     }
 
+    /// Suspends deferred writes until the guard drops. Takes the locked state as proof that
+    /// the caller holds the write lock: an apply or the ticker, which check under the lock,
+    /// then never write after this returns.
+    fn suspend_writes(&self, _locked: &mut SmInner) -> WritesSuspended<'_> {
+        self.writes_suspended.fetch_add(1, Ordering::SeqCst);
+        WritesSuspended(self)
+    }
+
+    /// Makes the next snapshot build call `hook` when its scan is about to start (writes
+    /// suspended, lock released), so a test can act while the scan is in progress.
+    #[cfg(test)]
+    pub(crate) fn on_next_scan(&self, hook: impl FnOnce() + Send + 'static) {
+        if let Ok(mut h) = self.scan_hook.lock() {
+            *h = Some(Box::new(hook));
+        }
+    }
+
+    #[cfg(test)]
+    fn run_scan_hook(&self) {
+        let hook = self.scan_hook.lock().ok().and_then(|mut h| h.take());
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
     fn write(&self) -> RwLockWriteGuard<'_, SmInner> {
         self.inner
             .write()
@@ -265,25 +329,11 @@ async fn run_write_ticker(shared: Weak<SmShared>) {
             // Stopped (and logged) by whoever failed; retrying would only hide it.
             return;
         }
-        if inner.write_due(shared.log_durable.get().map(|d| &**d))
-            && inner.write_unwritten(&shared).is_err()
-        {
+        if inner.write_due(&shared) && inner.write_unwritten(&shared).is_err() {
             // Logged by `SmInner::fail`; the next apply hands the error to openraft.
             return;
         }
     }
-}
-
-/// What a snapshot carries: every keyspace record (history, leases, MVCC meta), in key order.
-#[derive(Serialize, Deserialize)]
-pub struct SnapshotPayload {
-    pub records: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    data: SnapshotData,
 }
 
 /// openraft's handle on the state machine; clones share the same state.
@@ -321,6 +371,10 @@ impl StateMachineStore {
             log_durable: std::sync::OnceLock::new(),
             hub,
             fail_writes: AtomicU32::new(0),
+            snapshot_gate: Arc::new(tokio::sync::Mutex::new(())),
+            writes_suspended: AtomicUsize::new(0),
+            #[cfg(test)]
+            scan_hook: std::sync::Mutex::new(None),
             inner: RwLock::new(SmInner {
                 mvcc,
                 last_applied,
@@ -349,70 +403,6 @@ impl StateMachineStore {
     /// The state shared with readers.
     pub fn shared(&self) -> Arc<SmShared> {
         self.shared.clone()
-    }
-
-    fn snapshot_path(&self) -> PathBuf {
-        self.dir.join(SNAPSHOT_FILE)
-    }
-
-    /// Writes the snapshot file crash-atomically: temp file, fsync, rename.
-    fn save_snapshot_file(&self, snap: &StoredSnapshot) -> io::Result<()> {
-        use std::io::Write;
-        let bytes = bincode::serialize(snap).map_err(io_err)?;
-        let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.snapshot_path())?;
-        if let Ok(d) = std::fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
-
-    fn load_snapshot_file(&self) -> io::Result<Option<StoredSnapshot>> {
-        match std::fs::read(self.snapshot_path()) {
-            Ok(bytes) => Ok(Some(bincode::deserialize(&bytes).map_err(io_err)?)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    type SnapshotData = SnapshotData;
-
-    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (records, last_applied, membership) = {
-            let mut inner = self.shared.write();
-            // The snapshot is read from the tree, and the log is purged behind it: everything
-            // applied must be in the tree first.
-            inner.write_unwritten(&self.shared)?;
-            let mut records = Vec::new();
-            for item in self.shared.tree.iter() {
-                let (k, v) = item.map_err(io_err)?;
-                if k.first() != Some(&META_PREFIX) {
-                    records.push((k.to_vec(), v.to_vec()));
-                }
-            }
-            (records, inner.last_applied, inner.membership.clone())
-        };
-        let data = bincode::serialize(&SnapshotPayload { records }).map_err(io_err)?;
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.save_snapshot_file(&stored)?;
-        let index = meta.last_log_id.as_ref().map(|l| l.index);
-        tracing::info!(?index, bytes = stored.data.len(), "built snapshot");
-        Ok(Snapshot {
-            meta,
-            snapshot: stored.data,
-        })
     }
 }
 
@@ -473,57 +463,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let payload: SnapshotPayload = bincode::deserialize(&snapshot).map_err(io_err)?;
-        {
-            let mut inner = self.shared.write();
-            inner.check_running()?;
-            // Unwritten applied state is older than the snapshot, which replaces it.
-            inner.unwritten = Unwritten::default();
-            // One batch: sled applies it atomically, so a crash leaves the old state or the new.
-            let mut batch = sled::Batch::default();
-            for item in self.shared.tree.iter() {
-                let (k, _) = item.map_err(io_err)?;
-                batch.remove(k);
-            }
-            for (k, v) in &payload.records {
-                batch.insert(k.as_slice(), v.as_slice());
-            }
-            batch.insert(
-                KEY_APPLIED,
-                bincode::serialize(&meta.last_log_id).map_err(io_err)?,
-            );
-            batch.insert(
-                KEY_MEMBERSHIP,
-                bincode::serialize(&meta.last_membership).map_err(io_err)?,
-            );
-            if let Err(e) = self.shared.write_batch(batch) {
-                return Err(inner.fail(io_err(e), "writing an installed snapshot to sled"));
-            }
-            inner.mvcc = match Mvcc::open(self.shared.tree.clone()) {
-                Ok(mvcc) => mvcc,
-                Err(e) => return Err(inner.fail(io_err(e), "opening an installed snapshot")),
-            };
-            // The revisions skipped by the snapshot were never published: live watchers
-            // re-read them from the new history.
-            self.shared.hub.reset(&inner.mvcc);
-            inner.last_applied = meta.last_log_id;
-            inner.membership = meta.last_membership.clone();
-        }
-        self.db.flush_async().await.map_err(io_err)?;
-        self.save_snapshot_file(&StoredSnapshot {
-            meta: meta.clone(),
-            data: snapshot,
-        })?;
-        let index = meta.last_log_id.as_ref().map(|l| l.index);
-        tracing::info!(?index, "installed snapshot");
-        Ok(())
+        self.install(meta, snapshot).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self.load_snapshot_file()?.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: s.data,
-        }))
+        self.current_snapshot().await
     }
 }
 

@@ -37,7 +37,8 @@ impl Sm {
     }
 
     /// Drops the store (and with it every unwritten applied group, as a crash would) and opens
-    /// a new one over the same db and dir.
+    /// a new one over the same db and dir. Call it with nothing unwritten or after a failed
+    /// write: the old store's ticker could otherwise write once more after the new one opened.
     pub fn reopen(&mut self) {
         self.sm = StateMachineStore::open(&self.db, self.dir.path()).unwrap();
     }
@@ -64,6 +65,21 @@ impl Sm {
         let shared = self.shared();
         let inner = shared.read();
         inner.mvcc.range(&req).unwrap().unwrap().kvs.pop()
+    }
+
+    /// Every live key-value, in key order.
+    pub fn all(&self) -> Vec<KeyValue> {
+        let req = RangeRequest {
+            range: KeyRange::new(vec![0], vec![0]),
+            ..Default::default()
+        };
+        let shared = self.shared();
+        let inner = shared.read();
+        inner.mvcc.range(&req).unwrap().unwrap().kvs
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.shared().read().mvcc.current_revision()
     }
 }
 
