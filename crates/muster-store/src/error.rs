@@ -3,6 +3,8 @@
 //! Domain outcomes such as "lease not found" are not here; they are
 //! [`muster_types::ApplyError`]s, returned as results of apply.
 
+use std::sync::Arc;
+
 /// A failure of the storage layer.
 #[derive(thiserror::Error, Debug)]
 pub enum StoreError {
@@ -23,5 +25,13 @@ pub enum StoreError {
     Corrupt {
         /// What is wrong, with the offending key or revision.
         what: String,
+    },
+    /// An earlier write of the Raft state machine failed: applied state may be missing from
+    /// disk, so the state machine accepts nothing more (fail-stop) and Raft stops the node.
+    #[error("state machine stopped after a failed write: {source}")]
+    Stopped {
+        /// The failure that stopped it (shared: every later call reports the same one).
+        #[source]
+        source: Arc<std::io::Error>,
     },
 }

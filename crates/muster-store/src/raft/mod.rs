@@ -9,12 +9,21 @@
 //! - [`file_log`]: [`file_log::FileLogStore`], the Raft log and vote in append-only segment files
 //!   under `<data_dir>/raft-log`; group commit (one write + one fdatasync per group of appends).
 //! - [`state_machine`]: [`state_machine::StateMachineStore`], applies committed entries to
-//!   [`crate::mvcc::Mvcc`], snapshots and installs snapshots.
+//!   [`crate::mvcc::Mvcc`] (fail-stop on storage errors); its `snapshot` submodule builds and
+//!   installs snapshots off the async runtime.
+//! - `test_util`, `tests_failstop`, `tests_snapshot`, `suite_tests`: state-machine tests and
+//!   openraft's storage suite.
 
 pub mod file_log;
 pub mod state_machine;
 #[cfg(test)]
 mod suite_tests;
+#[cfg(test)]
+mod test_util;
+#[cfg(test)]
+mod tests_failstop;
+#[cfg(test)]
+mod tests_snapshot;
 
 use muster_types::{CommandResponse, LogEntry};
 
@@ -67,6 +76,19 @@ pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type SnapshotData = Vec<u8>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachineStore>;
+
+/// Runs blocking storage work (fsyncs, renames, scans of the whole state, snapshot encoding) on
+/// tokio's blocking pool, so it never stalls a runtime worker and the heartbeats on it. A panic
+/// in `f` comes back as an error (openraft treats it as fatal).
+pub(crate) async fn blocking<T, F>(f: F) -> std::io::Result<T>
+where
+    F: FnOnce() -> std::io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
 
 /// Maps a storage-layer failure into the `io::Error` openraft's storage traits speak.
 pub(crate) fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {

@@ -1,6 +1,6 @@
 //! The Raft state machine: applies committed entries to the MVCC keyspace, persists the applied
-//! log id and membership in the same atomic sled batch as the data, and builds and installs
-//! snapshots.
+//! log id and membership in the same atomic sled batch as the data; fail-stop on storage errors.
+//! Building and installing snapshots is in `snapshot`.
 //!
 //! Readers (Range, Status, watch catch-up) share [`SmShared`] with the applier: apply holds the
 //! write lock while it changes the keyspace, so a reader sees whole entries or nothing.
@@ -16,28 +16,49 @@
 //! openraft re-applies the rest from the log; and the log is never purged past a snapshot, which
 //! writes the batch first. Until then reads see the unwritten state from memory (the index) and
 //! from the history's pending records.
+//!
+//! Fail-stop: a storage error is fatal. The first failed write of the batch (or a failed apply,
+//! which may leave half a group in memory and in the batch) is recorded in [`SmInner`]; from
+//! then on apply, snapshot build and install return it to openraft, which stops Raft, and the
+//! ticker stops writing. The batch itself is kept, never dropped: a failed write must not let
+//! a later batch record an applied log id past entries that never reached the disk (openraft
+//! does not re-apply entries at or below the applied id after a restart).
+//!
+//! Snapshots and the tree (`snapshot`): a build takes the write lock only to write the batch,
+//! record the applied log id and membership and suspend deferred writes; it then scans the tree
+//! without the lock, on a blocking thread. The scan sees exactly the state at that log id
+//! because of one rule: **while a scan runs, nothing writes the tree.** Deferred writes wait
+//! (`write_due` says no, the byte bound included; applies go on, their state stays in the batch,
+//! which readers already see from memory) and resume when the scan ends, on error too. Installs
+//! and other builds wait on the snapshot gate. Everything else that changes the tree,
+//! compaction and lease expiry included, goes through the batch (the MVCC layer only ever writes
+//! into the caller's batch). New code that writes the tree must go through the batch or take
+//! the gate.
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, TryStreamExt};
 use muster_types::{CommandResponse, Event, ResponseBody};
-use openraft::storage::{EntryResponder, RaftStateMachine};
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use serde::{Deserialize, Serialize};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
 
 use super::{io_err, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::error::StoreError;
 use crate::mvcc::Mvcc;
 use crate::watch::WatchHub;
+
+mod snapshot;
+
+pub use snapshot::SnapshotPayload;
 
 /// Raft-side meta lives in the state machine's tree under this prefix, so it is written in the
 /// same atomic batch as the data it describes. The MVCC layer never uses this prefix.
 const KEY_APPLIED: &[u8] = b"s/applied";
 const KEY_MEMBERSHIP: &[u8] = b"s/membership";
 const META_PREFIX: u8 = b's';
-const SNAPSHOT_FILE: &str = "snapshot.bin";
 /// An apply batch slower than this is logged as a warning.
 const SLOW_APPLY_MS: u128 = 100;
 /// The longest applied state waits in memory before its sled batch is written.
@@ -53,6 +74,28 @@ pub struct SmShared {
     log_durable: std::sync::OnceLock<Arc<AtomicU64>>,
     inner: RwLock<SmInner>,
     hub: Arc<WatchHub>,
+    /// Fault injection: this many of the next tree writes fail (see
+    /// [`SmShared::inject_write_failures`]).
+    fail_writes: AtomicU32,
+    /// Held by a snapshot build from recording its applied log id until its file is saved, and
+    /// by an install throughout: one at a time scans or rewrites the tree and writes the
+    /// snapshot file.
+    snapshot_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Scans in progress that need the tree unchanged; deferred writes wait while it is not
+    /// zero. Raised only under the write lock (see [`SmShared::suspend_writes`]).
+    writes_suspended: AtomicUsize,
+    /// Run by the next snapshot build once its scan is about to start, without the lock.
+    #[cfg(test)]
+    scan_hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+/// Deferred writes of the tree are suspended while this lives (see the module doc).
+struct WritesSuspended<'a>(&'a SmShared);
+
+impl Drop for WritesSuspended<'_> {
+    fn drop(&mut self) {
+        self.0.writes_suspended.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The state under the apply lock.
@@ -61,6 +104,15 @@ pub struct SmInner {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
     unwritten: Unwritten,
+    /// Set by the first failed write (or failed apply); from then on the state machine refuses
+    /// everything (fail-stop).
+    failed: Option<Arc<io::Error>>,
+}
+
+fn stopped(source: &Arc<io::Error>) -> io::Error {
+    io_err(StoreError::Stopped {
+        source: source.clone(),
+    })
 }
 
 /// Applied groups whose sled batch is not written yet.
@@ -74,28 +126,120 @@ struct Unwritten {
 }
 
 impl SmInner {
-    /// Writes the unwritten batch to `tree` (atomically: sled applies a batch whole or not at
-    /// all) and tells the MVCC layer its pending history is now in the tree.
-    fn write_unwritten(&mut self, tree: &sled::Tree) -> io::Result<()> {
+    /// Writes the unwritten batch to the tree (atomically: sled applies a batch whole or not at
+    /// all) and tells the MVCC layer its pending history is now in the tree. A failed write
+    /// stops the state machine (see [`Self::fail`]).
+    fn write_unwritten(&mut self, shared: &SmShared) -> io::Result<()> {
+        self.check_running()?;
         if self.unwritten.since.is_none() {
             return Ok(());
         }
-        let Unwritten { batch, .. } = std::mem::take(&mut self.unwritten);
-        tree.apply_batch(batch).map_err(io_err)?;
+        // A copy is written (clones share the values' buffers): if the write fails, the batch
+        // stays with the applied state it carries instead of vanishing while a later batch
+        // records a newer applied log id.
+        if let Err(e) = shared.write_batch(self.unwritten.batch.clone()) {
+            return Err(self.fail(io_err(e), "writing applied state to sled"));
+        }
+        self.unwritten = Unwritten::default();
         self.mvcc.persisted();
         Ok(())
     }
 
-    /// Whether the unwritten batch should be written now: it is old or big enough, and the
-    /// Raft log is durable through everything it applied (`log_durable`, when given).
-    fn write_due(&self, log_durable: Option<&AtomicU64>) -> bool {
+    /// Applies one group of entries: memory at once, the writes into the unwritten batch with
+    /// the group's applied log id and membership, and writes the batch when it is due. Returns
+    /// the group's events; `replies` gets each responder with its response.
+    fn apply_group(
+        &mut self,
+        shared: &SmShared,
+        entries: Vec<EntryResponder<TypeConfig>>,
+        replies: &mut Vec<(ApplyResponder<TypeConfig>, CommandResponse)>,
+    ) -> io::Result<Vec<Event>> {
+        let mut events: Vec<Event> = Vec::new();
+        for (entry, responder) in entries {
+            let response = match entry.payload {
+                EntryPayload::Blank => empty_response(&self.mvcc),
+                EntryPayload::Normal(log_entry) => self
+                    .mvcc
+                    .apply(
+                        log_entry.time_ms,
+                        &log_entry.cmd,
+                        &mut self.unwritten.batch,
+                        &mut events,
+                    )
+                    .map_err(io_err)?,
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    empty_response(&self.mvcc)
+                }
+            };
+            self.last_applied = Some(entry.log_id);
+            if let Some(r) = responder {
+                replies.push((r, response));
+            }
+        }
+        self.unwritten.batch.insert(
+            KEY_APPLIED,
+            bincode::serialize(&self.last_applied).map_err(io_err)?,
+        );
+        self.unwritten.batch.insert(
+            KEY_MEMBERSHIP,
+            bincode::serialize(&self.membership).map_err(io_err)?,
+        );
+        self.unwritten.since.get_or_insert_with(Instant::now);
+        self.unwritten.bytes += events
+            .iter()
+            .map(|e| e.kv.key.len() + e.kv.value.len())
+            .sum::<usize>();
+        if self.write_due(shared) {
+            self.write_unwritten(shared)?;
+        }
+        Ok(events)
+    }
+
+    /// `Err(Stopped)` once a write has failed: nothing may be applied, written or snapshotted
+    /// on top of state that is not on disk.
+    fn check_running(&self) -> io::Result<()> {
+        match &self.failed {
+            Some(source) => Err(stopped(source)),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the state machine after a storage failure in `what`: records the failure, so
+    /// every later apply, snapshot and deferred write fails with it, and says so once, loudly.
+    /// Returns the error to hand to openraft, which treats it as fatal and stops Raft.
+    fn fail(&mut self, e: io::Error, what: &str) -> io::Error {
+        if let Some(source) = &self.failed {
+            return stopped(source);
+        }
+        tracing::error!(
+            error = %e,
+            last_applied = ?self.last_applied,
+            "{what} failed: the state machine stops; Raft stops this node"
+        );
+        let source = Arc::new(e);
+        let err = stopped(&source);
+        self.failed = Some(source);
+        err
+    }
+
+    /// Whether the unwritten batch should be written now: it is old or big enough, the Raft
+    /// log is durable through everything it applied (once the log's watermark is given), and no
+    /// snapshot scan needs the tree unchanged.
+    fn write_due(&self, shared: &SmShared) -> bool {
+        if shared.writes_suspended.load(Ordering::SeqCst) > 0 {
+            return false;
+        }
         let due = self.unwritten.bytes >= WRITE_AT_BYTES
             || self
                 .unwritten
                 .since
                 .is_some_and(|since| since.elapsed() >= WRITE_EVERY);
         let applied = self.last_applied.map_or(0, |l| l.index);
-        due && log_durable.is_none_or(|d| d.load(Ordering::SeqCst) >= applied)
+        due && shared
+            .log_durable
+            .get()
+            .is_none_or(|d| d.load(Ordering::SeqCst) >= applied)
     }
 }
 
@@ -112,6 +256,56 @@ impl SmShared {
         self.inner
             .read()
             .unwrap_or_else(|p| panic!("state machine lock poisoned: {p}"))
+    }
+
+    /// For fault-injection tests only: makes the next `n` writes of the state machine's tree
+    /// fail with an I/O error, as a failing disk would.
+    #[doc(hidden)]
+    pub fn inject_write_failures(&self, n: u32) {
+        self.fail_writes.store(n, Ordering::SeqCst);
+    }
+
+    /// How many injected write failures have not fired yet.
+    #[cfg(test)]
+    pub(crate) fn injected_write_failures_left(&self) -> u32 {
+        self.fail_writes.load(Ordering::SeqCst)
+    }
+
+    /// Writes `batch` to the tree atomically, unless an injected failure is due.
+    fn write_batch(&self, batch: sled::Batch) -> sled::Result<()> {
+        let inject = self
+            .fail_writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if inject {
+            return Err(sled::Error::Io(io::Error::other("injected write failure")));
+        }
+        self.tree.apply_batch(batch)
+    }
+
+    /// Suspends deferred writes until the guard drops. Takes the locked state as proof that
+    /// the caller holds the write lock: an apply or the ticker, which check under the lock,
+    /// then never write after this returns.
+    fn suspend_writes(&self, _locked: &mut SmInner) -> WritesSuspended<'_> {
+        self.writes_suspended.fetch_add(1, Ordering::SeqCst);
+        WritesSuspended(self)
+    }
+
+    /// Makes the next snapshot build call `hook` when its scan is about to start (writes
+    /// suspended, lock released), so a test can act while the scan is in progress.
+    #[cfg(test)]
+    pub(crate) fn on_next_scan(&self, hook: impl FnOnce() + Send + 'static) {
+        if let Ok(mut h) = self.scan_hook.lock() {
+            *h = Some(Box::new(hook));
+        }
+    }
+
+    #[cfg(test)]
+    fn run_scan_hook(&self) {
+        let hook = self.scan_hook.lock().ok().and_then(|mut h| h.take());
+        if let Some(hook) = hook {
+            hook();
+        }
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, SmInner> {
@@ -131,24 +325,15 @@ async fn run_write_ticker(shared: Weak<SmShared>) {
             return;
         };
         let mut inner = shared.write();
-        if inner.write_due(shared.log_durable.get().map(|d| &**d)) {
-            if let Err(e) = inner.write_unwritten(&shared.tree) {
-                tracing::error!(error = %e, "writing applied state to sled failed");
-            }
+        if inner.failed.is_some() {
+            // Stopped (and logged) by whoever failed; retrying would only hide it.
+            return;
+        }
+        if inner.write_due(&shared) && inner.write_unwritten(&shared).is_err() {
+            // Logged by `SmInner::fail`; the next apply hands the error to openraft.
+            return;
         }
     }
-}
-
-/// What a snapshot carries: every keyspace record (history, leases, MVCC meta), in key order.
-#[derive(Serialize, Deserialize)]
-pub struct SnapshotPayload {
-    pub records: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    data: SnapshotData,
 }
 
 /// openraft's handle on the state machine; clones share the same state.
@@ -185,11 +370,17 @@ impl StateMachineStore {
             tree,
             log_durable: std::sync::OnceLock::new(),
             hub,
+            fail_writes: AtomicU32::new(0),
+            snapshot_gate: Arc::new(tokio::sync::Mutex::new(())),
+            writes_suspended: AtomicUsize::new(0),
+            #[cfg(test)]
+            scan_hook: std::sync::Mutex::new(None),
             inner: RwLock::new(SmInner {
                 mvcc,
                 last_applied,
                 membership,
                 unwritten: Unwritten::default(),
+                failed: None,
             }),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -213,70 +404,6 @@ impl StateMachineStore {
     pub fn shared(&self) -> Arc<SmShared> {
         self.shared.clone()
     }
-
-    fn snapshot_path(&self) -> PathBuf {
-        self.dir.join(SNAPSHOT_FILE)
-    }
-
-    /// Writes the snapshot file crash-atomically: temp file, fsync, rename.
-    fn save_snapshot_file(&self, snap: &StoredSnapshot) -> io::Result<()> {
-        use std::io::Write;
-        let bytes = bincode::serialize(snap).map_err(io_err)?;
-        let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.snapshot_path())?;
-        if let Ok(d) = std::fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
-
-    fn load_snapshot_file(&self) -> io::Result<Option<StoredSnapshot>> {
-        match std::fs::read(self.snapshot_path()) {
-            Ok(bytes) => Ok(Some(bincode::deserialize(&bytes).map_err(io_err)?)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    type SnapshotData = SnapshotData;
-
-    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (records, last_applied, membership) = {
-            let mut inner = self.shared.write();
-            // The snapshot is read from the tree, and the log is purged behind it: everything
-            // applied must be in the tree first.
-            inner.write_unwritten(&self.shared.tree)?;
-            let mut records = Vec::new();
-            for item in self.shared.tree.iter() {
-                let (k, v) = item.map_err(io_err)?;
-                if k.first() != Some(&META_PREFIX) {
-                    records.push((k.to_vec(), v.to_vec()));
-                }
-            }
-            (records, inner.last_applied, inner.membership.clone())
-        };
-        let data = bincode::serialize(&SnapshotPayload { records }).map_err(io_err)?;
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.save_snapshot_file(&stored)?;
-        let index = meta.last_log_id.as_ref().map(|l| l.index);
-        tracing::info!(?index, bytes = stored.data.len(), "built snapshot");
-        Ok(Snapshot {
-            meta,
-            snapshot: stored.data,
-        })
-    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -296,53 +423,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let started = Instant::now();
         let count = entries.len();
         let mut replies = Vec::with_capacity(count);
-        let mut events: Vec<Event> = Vec::new();
         {
-            let mut guard = self.shared.write();
-            let inner = &mut *guard;
-            for (entry, responder) in entries {
-                let response = match entry.payload {
-                    EntryPayload::Blank => empty_response(&inner.mvcc),
-                    EntryPayload::Normal(log_entry) => inner
-                        .mvcc
-                        .apply(
-                            log_entry.time_ms,
-                            &log_entry.cmd,
-                            &mut inner.unwritten.batch,
-                            &mut events,
-                        )
-                        .map_err(io_err)?,
-                    EntryPayload::Membership(m) => {
-                        inner.membership = StoredMembership::new(Some(entry.log_id), m);
-                        empty_response(&inner.mvcc)
-                    }
-                };
-                inner.last_applied = Some(entry.log_id);
-                if let Some(r) = responder {
-                    replies.push((r, response));
-                }
-            }
-            inner.unwritten.batch.insert(
-                KEY_APPLIED,
-                bincode::serialize(&inner.last_applied).map_err(io_err)?,
-            );
-            inner.unwritten.batch.insert(
-                KEY_MEMBERSHIP,
-                bincode::serialize(&inner.membership).map_err(io_err)?,
-            );
-            inner.unwritten.since.get_or_insert_with(Instant::now);
-            inner.unwritten.bytes += events
-                .iter()
-                .map(|e| e.kv.key.len() + e.kv.value.len())
-                .sum::<usize>();
-            if inner.write_due(self.shared.log_durable.get().map(|d| &**d)) {
-                inner.write_unwritten(&self.shared.tree)?;
-            }
+            let mut inner = self.shared.write();
+            inner.check_running()?;
+            let events = match inner.apply_group(&self.shared, entries, &mut replies) {
+                Ok(events) => events,
+                // Part of the group may be in memory and in the batch, with no applied id
+                // covering it: none of it may reach the disk.
+                Err(e) => return Err(inner.fail(e, "applying entries")),
+            };
             // Still under the write lock: a watcher catching up under the read lock sees
             // either none of this group or all of it in history, never half.
-            self.shared
-                .hub
-                .publish(&inner.mvcc, std::mem::take(&mut events));
+            self.shared.hub.publish(&inner.mvcc, events);
             if let Some(l) = &inner.last_applied {
                 tracing::debug!(
                     log_index = l.index,
@@ -371,51 +463,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let payload: SnapshotPayload = bincode::deserialize(&snapshot).map_err(io_err)?;
-        {
-            let mut inner = self.shared.write();
-            // Unwritten applied state is older than the snapshot, which replaces it.
-            inner.unwritten = Unwritten::default();
-            // One batch: sled applies it atomically, so a crash leaves the old state or the new.
-            let mut batch = sled::Batch::default();
-            for item in self.shared.tree.iter() {
-                let (k, _) = item.map_err(io_err)?;
-                batch.remove(k);
-            }
-            for (k, v) in &payload.records {
-                batch.insert(k.as_slice(), v.as_slice());
-            }
-            batch.insert(
-                KEY_APPLIED,
-                bincode::serialize(&meta.last_log_id).map_err(io_err)?,
-            );
-            batch.insert(
-                KEY_MEMBERSHIP,
-                bincode::serialize(&meta.last_membership).map_err(io_err)?,
-            );
-            self.shared.tree.apply_batch(batch).map_err(io_err)?;
-            inner.mvcc = Mvcc::open(self.shared.tree.clone()).map_err(io_err)?;
-            // The revisions skipped by the snapshot were never published: live watchers
-            // re-read them from the new history.
-            self.shared.hub.reset(&inner.mvcc);
-            inner.last_applied = meta.last_log_id;
-            inner.membership = meta.last_membership.clone();
-        }
-        self.db.flush_async().await.map_err(io_err)?;
-        self.save_snapshot_file(&StoredSnapshot {
-            meta: meta.clone(),
-            data: snapshot,
-        })?;
-        let index = meta.last_log_id.as_ref().map(|l| l.index);
-        tracing::info!(?index, "installed snapshot");
-        Ok(())
+        self.install(meta, snapshot).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self.load_snapshot_file()?.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: s.data,
-        }))
+        self.current_snapshot().await
     }
 }
 

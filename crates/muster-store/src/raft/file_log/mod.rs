@@ -8,7 +8,13 @@
 //!   replaced crash-atomically (write `*.tmp`, fsync, rename, fsync the directory).
 //!
 //! Layout: `record` (the record format), `sync` (the group-commit thread), `disk` (meta files,
-//! segment listing, recovery at open), `tests`.
+//! segment listing, recovery at open), `files` (the operations that change files: append
+//! placement, new segments, truncate, purge, vote), `tests`.
+//!
+//! Blocking I/O and the runtime: `save_vote`, `truncate_after`, `purge` and starting a segment
+//! (all of which fsync, rename or delete) run on tokio's blocking pool and are awaited, so they
+//! complete in openraft's order and before the call returns, as before. An append's positional
+//! write stays inline (page cache; the fsync is the sync thread's), as do reads (`pread`).
 //!
 //! Record format (little endian):
 //! `[u32 payload_len][u32 crc32(index bytes ++ payload)][u64 log index][payload = bincode(Entry)]`.
@@ -39,27 +45,31 @@
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
-use super::{Entry, LogId, TypeConfig, Vote};
+use super::{blocking, Entry, LogId, TypeConfig, Vote};
 
 mod disk;
+mod files;
 mod record;
 mod sync;
 
 #[cfg(test)]
 use disk::list_segments;
-use disk::{read_meta, recover_segments, write_meta};
-use record::{encode_record, parse_record, Parsed};
+use disk::{read_meta, recover_segments};
+use files::{encode_batch, LogFiles};
+#[cfg(test)]
+use record::encode_record;
+use record::{parse_record, Parsed};
 use sync::{run_sync_thread, sync_group, SyncJob};
 
 /// Size past which the current segment is closed and the next append starts a new one.
@@ -211,14 +221,10 @@ impl FileLogReader {
 
 /// The Raft log store on segment files; see the module doc.
 pub struct FileLogStore {
-    dir: PathBuf,
-    segment_bytes: u64,
-    reader: FileLogReader,
+    files: LogFiles,
     /// Not persisted; see the module doc.
     committed: Option<LogId>,
     sync_tx: mpsc::Sender<SyncJob>,
-    /// Every live entry with an index at or below this is durable (see [`Self::durable_index`]).
-    durable: Arc<AtomicU64>,
 }
 
 impl FileLogStore {
@@ -254,14 +260,16 @@ impl FileLogStore {
             .name("raft-log-sync".into())
             .spawn(move || run_sync_thread(sync_rx, &durable_in_thread))?;
         Ok(FileLogStore {
-            dir: dir.to_path_buf(),
-            segment_bytes,
-            reader: FileLogReader {
-                state: Arc::new(RwLock::new(state)),
+            files: LogFiles {
+                dir: dir.to_path_buf(),
+                segment_bytes,
+                reader: FileLogReader {
+                    state: Arc::new(RwLock::new(state)),
+                },
+                durable,
             },
             committed: None,
             sync_tx,
-            durable,
         })
     }
 
@@ -269,84 +277,7 @@ impl FileLogStore {
     /// state machine holds its deferred writes until the watermark passes what they applied, so
     /// even after a power loss its store is never ahead of this log.
     pub fn durable_index(&self) -> Arc<AtomicU64> {
-        self.durable.clone()
-    }
-
-    /// Creates the segment file for `first_index` and makes its name durable.
-    fn create_segment(&self, first_index: u64) -> io::Result<Segment> {
-        let path = segment_path(&self.dir, first_index);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
-        sync_dir(&self.dir)?;
-        Ok(Segment {
-            path,
-            file: Arc::new(file),
-            base: first_index,
-            offsets: VecDeque::new(),
-            len: 0,
-        })
-    }
-
-    /// Makes the current segment the right place for a record with index `first`, and returns
-    /// its file and the offset to write at.
-    fn prepare_append(&self, first: u64) -> io::Result<(Arc<File>, u64)> {
-        let (contiguous, live_range, current) = {
-            let st = self.reader.read()?;
-            if let Some(p) = st.purged.filter(|p| first <= p.index) {
-                return Err(invalid_input(format!(
-                    "append at index {first} is at or below the purge point {p}"
-                )));
-            }
-            let cur = st.segments.back();
-            let contiguous = cur.map(|s| s.next_index()) == Some(first);
-            match cur {
-                // The hot path: the current segment continues.
-                Some(s) if contiguous && s.len < self.segment_bytes => {
-                    return Ok((s.file.clone(), s.len))
-                }
-                _ => {}
-            }
-            (
-                contiguous,
-                st.first_live_index().zip(cur.map(|s| s.next_index())),
-                cur.map(|s| s.file.clone()),
-            )
-        };
-        if contiguous {
-            // The current segment is full. It is synced here, not by the sync thread, so a
-            // segment is durable once it stops being current and recovery may treat damage in
-            // it as real corruption.
-            if let Some(f) = current {
-                f.sync_data()?;
-            }
-        } else {
-            if let Some((lo, hi)) = live_range {
-                return Err(invalid_input(format!(
-                    "append at index {first} does not follow the log [{lo}, {hi})"
-                )));
-            }
-            // No live entries (fresh log, or purged/truncated past everything, e.g. after a
-            // snapshot install): what the segments hold is dead, so start over at `first`.
-            // Delete before creating so a crash never leaves a gap between segment files.
-            let old: Vec<PathBuf> = {
-                let mut st = self.reader.write()?;
-                st.segments.drain(..).map(|s| s.path).collect()
-            };
-            if !old.is_empty() {
-                for p in &old {
-                    fs::remove_file(p)?;
-                }
-                sync_dir(&self.dir)?;
-            }
-        }
-        let seg = self.create_segment(first)?;
-        let file = seg.file.clone();
-        self.reader.write()?.segments.push_back(seg);
-        Ok((file, 0))
+        self.files.durable.clone()
     }
 
     /// Queues `file`'s sync and `callback` for the sync thread.
@@ -358,132 +289,18 @@ impl FileLogStore {
         };
         if let Err(mpsc::SendError(job)) = self.sync_tx.send(job) {
             // The sync thread is gone: sync inline.
-            sync_group(vec![job], &self.durable);
+            sync_group(vec![job], &self.files.durable);
         }
     }
 
-    fn append_sync(&self, entries: Vec<Entry>) -> io::Result<Option<(Arc<File>, u64)>> {
-        let Some(first) = entries.first().map(|e| e.log_id.index) else {
-            return Ok(None);
-        };
-        let mut buf = Vec::new();
-        let mut rel = Vec::with_capacity(entries.len());
-        for (i, e) in entries.iter().enumerate() {
-            if e.log_id.index != first + i as u64 {
-                return Err(invalid_input(format!(
-                    "append batch is not consecutive: index {} after {}",
-                    e.log_id.index,
-                    first + i as u64 - 1
-                )));
-            }
-            rel.push(buf.len() as u64);
-            encode_record(&mut buf, e)?;
-        }
-        let (file, at) = self.prepare_append(first)?;
-        file.write_all_at(&buf, at)?;
-        let mut st = self.reader.write()?;
-        let seg = st
-            .segments
-            .back_mut()
-            .ok_or_else(|| io::Error::other("no current segment"))?;
-        seg.offsets.extend(rel.iter().map(|r| at + r));
-        seg.len = at + buf.len() as u64;
-        st.last_log_id = entries.last().map(|e| e.log_id);
-        Ok(Some((file, first + entries.len() as u64 - 1)))
-    }
-
-    fn truncate_sync(&self, last: Option<LogId>) -> io::Result<()> {
-        let keep_until = last.map_or(0, |l| l.index + 1);
-        // Entries appended later at the dropped indexes are not durable until their own sync.
-        self.durable
-            .fetch_min(keep_until.saturating_sub(1), Ordering::SeqCst);
-        let (deleted, truncated) = {
-            let mut st = self.reader.write()?;
-            let (Some(first_live), Some(next)) = (
-                st.first_live_index(),
-                st.segments.back().map(|s| s.next_index()),
-            ) else {
-                return Ok(());
-            };
-            if keep_until >= next {
-                return Ok(());
-            }
-            // Purged records stay on disk (recovery skips them); cut at the first live one.
-            let drop_from = keep_until.max(first_live);
-            let Some(pos) = st
-                .segments
-                .iter()
-                .position(|s| s.base <= drop_from && drop_from < s.next_index())
-            else {
-                return Err(io::Error::other(format!(
-                    "no segment holds live entry {drop_from}"
-                )));
-            };
-            let deleted: Vec<PathBuf> = st.segments.drain(pos + 1..).map(|s| s.path).collect();
-            let seg = &mut st.segments[pos];
-            let keep = (drop_from - seg.base) as usize;
-            seg.len = seg.offsets[keep];
-            seg.offsets.truncate(keep);
-            let truncated = (seg.file.clone(), seg.len);
-            st.last_log_id = if drop_from > first_live { last } else { None };
-            (deleted, truncated)
-        };
-        // From the end backward, so a crash part way leaves a log without holes: later
-        // segments go (durably) before the surviving one is cut.
-        for p in deleted.iter().rev() {
-            fs::remove_file(p)?;
-        }
-        if !deleted.is_empty() {
-            sync_dir(&self.dir)?;
-        }
-        let (file, len) = truncated;
-        file.set_len(len)?;
-        file.sync_data()
-    }
-
-    fn purge_sync(&self, log_id: LogId) -> io::Result<()> {
-        if self
-            .reader
-            .read()?
-            .purged
-            .is_some_and(|p| p.index >= log_id.index)
-        {
-            return Ok(());
-        }
-        // The purge point is durable before any entry goes, so recovery never sees a log that
-        // starts later than the purge point says.
-        write_meta(&self.dir, PURGED_FILE, &log_id)?;
-        let deleted: Vec<PathBuf> = {
-            let mut st = self.reader.write()?;
-            st.purged = Some(log_id);
-            for seg in st.segments.iter_mut() {
-                while seg.base <= log_id.index && seg.offsets.pop_front().is_some() {
-                    seg.base += 1;
-                }
-            }
-            if st.last_log_id.is_some_and(|l| l.index <= log_id.index) {
-                st.last_log_id = None;
-            }
-            let mut deleted = Vec::new();
-            // The current segment stays: appends continue in it.
-            while st.segments.len() > 1
-                && st
-                    .segments
-                    .front()
-                    .is_some_and(|s| s.next_index() <= log_id.index + 1)
-            {
-                if let Some(s) = st.segments.pop_front() {
-                    deleted.push(s.path);
-                }
-            }
-            deleted
-        };
-        // Not synced: a deleted segment that comes back after a crash only holds purged entries,
-        // which recovery skips.
-        for p in deleted {
-            fs::remove_file(p)?;
-        }
-        Ok(())
+    /// Runs `op` on a clone of the files on tokio's blocking pool (it fsyncs, renames or
+    /// deletes) and waits for it, so log I/O keeps openraft's order.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&LogFiles) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let files = self.files.clone();
+        blocking(move || op(&files)).await
     }
 }
 
@@ -523,11 +340,11 @@ impl RaftLogReader<TypeConfig> for FileLogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        self.reader.try_get_log_entries(range).await
+        self.files.reader.try_get_log_entries(range).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        self.reader.read_vote().await
+        self.files.reader.read_vote().await
     }
 }
 
@@ -535,7 +352,7 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
     type LogReader = FileLogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let st = self.reader.read()?;
+        let st = self.files.reader.read()?;
         Ok(LogState {
             last_purged_log_id: st.purged,
             last_log_id: st.last_log_id.or(st.purged),
@@ -543,13 +360,12 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.reader.clone()
+        self.files.reader.clone()
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        write_meta(&self.dir, VOTE_FILE, vote)?;
-        self.reader.write()?.vote = Some(*vote);
-        Ok(())
+        let vote = *vote;
+        self.off_runtime(move |files| files.save_vote(&vote)).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
@@ -571,19 +387,34 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        match self.append_sync(entries.into_iter().collect())? {
-            Some((file, last_index)) => self.queue_sync(file, last_index, callback),
-            None => callback.io_completed(Ok(())),
-        }
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(enc) = encode_batch(&entries)? else {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        };
+        let (file, at) = match self.files.append_point(enc.first)? {
+            Some(point) => point,
+            // Once per segment: an fsync of the full one, a file creation and a directory sync.
+            None => {
+                let first = enc.first;
+                self.off_runtime(move |files| files.start_segment(first))
+                    .await?
+            }
+        };
+        // Inline: a positional write into the page cache, on the hottest path (a hop to another
+        // thread per append would cost more than it saves). The fsync is the sync thread's.
+        let last_index = self.files.write_appended(&enc, &file, at)?;
+        self.queue_sync(file, last_index, callback);
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        self.truncate_sync(last_log_id)
+        self.off_runtime(move |files| files.truncate(last_log_id))
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        self.purge_sync(log_id)
+        self.off_runtime(move |files| files.purge(log_id)).await
     }
 }
 
