@@ -50,7 +50,9 @@
 //! from it (FNV-1a, positive), so every retry proposes the identical command — the applier
 //! refuses a repeat that differs (`RequestIdReused`). Without a request id a fresh id comes from
 //! a per-node generator (node id in the top bits, as etcd does); a client retry then grants a
-//! second lease, which nobody keeps alive and which expires after its TTL. Keep-alive,
+//! second lease, which nobody keeps alive and which expires after its TTL. A Register that
+//! grants its instance's lease picks the id the same way ([`LeaseKeeper::new_lease`]) and is
+//! observed like a grant. Keep-alive,
 //! TimeToLive and LeaseLeases are idempotent; LeaseExpire skips ids already gone.
 //!
 //! Lock order: the keeper's state, then the state machine's read lock; never the reverse.

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::kv::KeyRange;
+use crate::registry::Instance;
 
 /// What the leader appends to the Raft log for a client request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +54,45 @@ pub enum Command {
     /// that writes gets its own revision; the response is [`crate::ResponseBody::Batch`] with
     /// one response per command.
     Batch(Vec<Command>),
+    /// The registry's Register as ONE command, so it is one log entry and one revision and a
+    /// retry with the same request id proposes the identical command: grant the instance's
+    /// lease if asked (no event, as in etcd), then put the instance's JSON at its key (one PUT
+    /// event) with `registered_at_ms` taken from [`LogEntry::time_ms`]. Appended last: variant
+    /// indices are the encoding of logs and snapshots already on disk.
+    Register(Box<RegisterInstance>),
+}
+
+/// What [`Command::Register`] writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterInstance {
+    /// The instance, validated by the proposer. Apply overwrites `registered_at_ms` with the
+    /// entry's leader time, so proposers leave it 0 (a handler's clock would make each retry a
+    /// different command, and nodes could disagree).
+    pub instance: Instance,
+    pub lease: InstanceLease,
+}
+
+/// The lease a registered instance is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceLease {
+    /// None: a persistent instance.
+    Persistent,
+    /// An existing lease; `LeaseNotFound` when it is gone by the time the entry applies.
+    Attach(i64),
+    /// A lease granted by this same command. The proposer picks `id` (never 0) before
+    /// proposing, as for [`Command::LeaseGrant`]; `LeaseExists` when it is taken, and then
+    /// nothing is written.
+    Grant { id: i64, ttl_secs: i64 },
+}
+
+impl InstanceLease {
+    /// The lease id the instance's key carries (0 for none).
+    pub fn id(&self) -> i64 {
+        match *self {
+            InstanceLease::Persistent => 0,
+            InstanceLease::Attach(id) | InstanceLease::Grant { id, .. } => id,
+        }
+    }
 }
 
 /// How long (in leader time, [`LogEntry::time_ms`]) the applier remembers a request id.
@@ -71,6 +111,7 @@ impl Command {
             Command::LeaseExpire { .. } => "lease_expire",
             Command::Idempotent { cmd, .. } => cmd.name(),
             Command::Batch(_) => "batch",
+            Command::Register(_) => "register",
         }
     }
 
@@ -86,7 +127,8 @@ impl Command {
             | Command::Txn(_)
             | Command::Compact { .. }
             | Command::LeaseGrant { .. }
-            | Command::LeaseRevoke { .. } => false,
+            | Command::LeaseRevoke { .. }
+            | Command::Register(_) => false,
         }
     }
 
@@ -128,6 +170,9 @@ impl Command {
             Command::LeaseExpire { ids } => FIXED + 8 * ids.len(),
             Command::Idempotent { request_id, cmd } => FIXED + request_id.len() + cmd.approx_size(),
             Command::Batch(cmds) => FIXED + cmds.iter().map(Command::approx_size).sum::<usize>(),
+            // The instance's names travel in the command and again in the key and JSON apply
+            // writes; the JSON adds field names.
+            Command::Register(r) => FIXED + 2 * r.instance.approx_size(),
         }
     }
 }

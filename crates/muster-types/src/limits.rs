@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, DeleteRangeRequest, PutRequest, TxnOp, TxnRequest};
+use crate::command::{
+    Command, DeleteRangeRequest, PutRequest, RegisterInstance, TxnOp, TxnRequest,
+};
 use crate::error::ValidationError;
 use crate::kv::KeyRange;
 
@@ -68,6 +70,18 @@ impl Limits {
             });
         }
         Ok(())
+    }
+
+    /// A registration is a Put of the instance's JSON at its key: the same key and size
+    /// limits, plus the instance's own validation (a command may be built by other code than
+    /// the Register handler).
+    fn check_register(&self, r: &RegisterInstance) -> Result<(), ValidationError> {
+        r.instance.validate()?;
+        self.check_put(&PutRequest {
+            key: r.instance.key().key(),
+            value: r.instance.to_json(),
+            ..Default::default()
+        })
     }
 
     fn check_delete(&self, d: &DeleteRangeRequest) -> Result<(), ValidationError> {
@@ -142,6 +156,7 @@ impl Limits {
                 self.check_command(cmd)
             }
             Command::Batch(cmds) => cmds.iter().try_for_each(|c| self.check_command(c)),
+            Command::Register(r) => self.check_register(r),
         }
     }
 }
@@ -283,6 +298,55 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(l.check_command(&Command::Txn(t)), Ok(()));
+    }
+
+    #[test]
+    fn checks_registrations_like_puts_of_a_valid_instance() {
+        use crate::command::{InstanceLease, RegisterInstance};
+        use crate::registry::Instance;
+        let instance = Instance {
+            namespace: "public".into(),
+            group: "DEFAULT_GROUP".into(),
+            service: "orders".into(),
+            instance_id: "i-1".into(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            weight: 100,
+            metadata: [("zone".to_string(), "a".repeat(500))].into(),
+            healthy: true,
+            enabled: true,
+            ephemeral: true,
+            cluster: String::new(),
+            registered_at_ms: 0,
+        };
+        let register = |instance: Instance| {
+            Command::Register(Box::new(RegisterInstance {
+                instance,
+                lease: InstanceLease::Grant { id: 1, ttl_secs: 5 },
+            }))
+        };
+        let l = Limits::default();
+        assert_eq!(l.check_command(&register(instance.clone())), Ok(()));
+        let bad = Instance {
+            port: 0,
+            ..instance.clone()
+        };
+        assert!(matches!(
+            l.check_command(&register(bad)),
+            Err(ValidationError::InvalidArgument { field: "port", .. })
+        ));
+        let small = Limits {
+            max_request_bytes: 256,
+            ..Default::default()
+        };
+        assert!(matches!(
+            small.check_command(&register(instance.clone())),
+            Err(ValidationError::RequestTooLarge { .. })
+        ));
+        // The size estimate covers what apply writes (the key and the JSON).
+        let cmd = register(instance.clone());
+        assert!(cmd.approx_size() >= instance.key().key().len() + instance.to_json().len());
+        assert_eq!(cmd.name(), "register");
     }
 
     #[test]

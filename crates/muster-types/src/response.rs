@@ -59,6 +59,12 @@ pub enum ResponseBody {
     Empty,
     /// One response per command of a [`crate::Command::Batch`], in order.
     Batch(Vec<CommandResponse>),
+    /// A [`crate::Command::Register`]: the instance's lease (0 for a persistent one) and the
+    /// leader time stamped as its `registered_at_ms`. Appended last, as the command is.
+    Register {
+        lease_id: i64,
+        registered_at_ms: u64,
+    },
 }
 
 /// What applying one log entry returns: the store revision after it, and the outcome.

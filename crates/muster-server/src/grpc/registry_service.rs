@@ -1,9 +1,9 @@
-//! `muster.v1.Registry`: registry calls compiled down to KV, lease and watch operations, so
-//! one revision sequence orders registry and KV changes.
+//! `muster.v1.Registry`: registry calls compiled down to KV, lease and watch operations (and
+//! Register to its own `Command::Register`: lease grant + put in one entry), so one revision
+//! sequence orders registry and KV changes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use muster_proto::registrypb as pb;
 use muster_proto::registrypb::registry_server::Registry;
@@ -12,8 +12,9 @@ use muster_types::registry::{
     check_metadata, group_range, Instance, InstanceKey, ServiceName, MAX_WEIGHT,
 };
 use muster_types::{
-    Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyRange, KeyValue,
-    PutRequest, RangeRequest, ResponseBody, TxnOp, TxnRequest, ValidationError,
+    Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, InstanceLease, KeyRange,
+    KeyValue, PutRequest, RangeRequest, RegisterInstance, ResponseBody, TxnOp, TxnRequest,
+    ValidationError,
 };
 use tonic::{Request, Response, Status};
 
@@ -28,13 +29,6 @@ const UPDATE_CAS_ATTEMPTS: usize = 5;
 pub struct RegistryService {
     pub node: Arc<Node>,
     pub leases: Arc<LeaseKeeper>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ServerError {
@@ -66,7 +60,6 @@ impl RegistryService {
         cmd: Command,
         request_id: Option<String>,
     ) -> Result<(i64, ResponseBody), ServerError> {
-        self.node.config.limits.check_command(&cmd)?;
         body(self.node.write(idempotent(cmd, request_id)).await?)
     }
 
@@ -84,15 +77,21 @@ impl RegistryService {
         Ok((resp.kvs, revision))
     }
 
+    /// One command, `Command::Register`: the lease grant (for an ephemeral instance with
+    /// `ttl_secs`) and the put are one log entry and one revision, and every input of the
+    /// command is fixed before proposing — the lease id comes from the request id when there
+    /// is one, `registered_at_ms` from the entry's leader time in apply — so a client retry
+    /// with the same request id proposes the identical command and gets the first answer.
     async fn register(
         &self,
         req: pb::RegisterRequest,
         request_id: Option<String>,
     ) -> Result<pb::RegisterResponse, ServerError> {
         let p = req.instance.ok_or_else(|| invalid("instance", "missing"))?;
-        let instance = instance_from_pb(p, now_ms())?;
+        // 0: the applier stamps the entry's leader time (see `Command::Register`).
+        let instance = instance_from_pb(p, 0)?;
         let lease = match (instance.ephemeral, req.lease_id, req.ttl_secs) {
-            (false, 0, _) => 0,
+            (false, 0, _) => InstanceLease::Persistent,
             (false, _, _) => return Err(invalid("lease_id", "a persistent instance has no lease")),
             (true, 0, ttl) if ttl <= 0 => {
                 return Err(invalid(
@@ -100,22 +99,50 @@ impl RegistryService {
                     "an ephemeral instance needs ttl_secs > 0 or a lease_id",
                 ))
             }
-            (true, 0, ttl) => self.leases.grant(0, ttl, None).await?.id,
-            (true, id, _) => id,
+            (true, 0, ttl) => {
+                let (id, ttl_secs) = self.leases.new_lease(0, ttl, request_id.as_deref())?;
+                InstanceLease::Grant { id, ttl_secs }
+            }
+            (true, id, _) => InstanceLease::Attach(id),
         };
-        let put = PutRequest {
-            key: instance.key().key(),
-            value: instance.to_json(),
-            lease,
-            ..Default::default()
-        };
-        let (revision, _) = self.write_once(Command::Put(put), request_id).await?;
-        tracing::info!(key = %String::from_utf8_lossy(&instance.key().key()), lease, revision, "registered");
-        Ok(pb::RegisterResponse {
-            revision,
-            lease_id: lease,
-            instance_id: instance.instance_id,
-        })
+        let key = instance.key().key();
+        let instance_id = instance.instance_id.clone();
+        let cmd = idempotent(
+            Command::Register(Box::new(RegisterInstance { instance, lease })),
+            request_id,
+        );
+        // The leader's keeper must start the granted lease's deadline, as for a LeaseGrant
+        // (a forwarded command is observed on the leader, in `raft_service.rs`).
+        let observed = LeaseKeeper::observes(&cmd).then(|| cmd.clone());
+        let resp = self.node.write(cmd).await?;
+        if let Some(cmd) = &observed {
+            self.leases.observe(cmd, &resp);
+        }
+        match body(resp)? {
+            (
+                revision,
+                ResponseBody::Register {
+                    lease_id,
+                    registered_at_ms,
+                },
+            ) => {
+                tracing::info!(
+                    key = %String::from_utf8_lossy(&key),
+                    lease_id,
+                    revision,
+                    registered_at_ms,
+                    "registered"
+                );
+                Ok(pb::RegisterResponse {
+                    revision,
+                    lease_id,
+                    instance_id,
+                })
+            }
+            _ => Err(ServerError::UnexpectedResponse {
+                expected: "register",
+            }),
+        }
     }
 
     async fn deregister(
@@ -143,6 +170,11 @@ impl RegistryService {
     }
 
     /// Read, modify, compare-and-swap on mod_revision; retried when another writer won.
+    ///
+    /// Not wrapped in a request id, on purpose: a client retry re-reads and builds a new CAS
+    /// (another mod_revision), which the de-duplication would refuse as `RequestIdReused`. The
+    /// patch sets absolute values, so applying it twice leaves the same instance (at worst one
+    /// more revision and event); the client treats Update as an overwrite for that reason.
     async fn update(&self, req: pb::UpdateRequest) -> Result<pb::UpdateResponse, ServerError> {
         let key = key_from_pb(req.key)?;
         if let Some(w) = req.weight {

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use muster_store::raft::Member;
-use muster_types::{Command, CommandResponse, ResponseBody};
+use muster_types::{Command, CommandResponse, InstanceLease, ResponseBody};
 use openraft::error::{LinearizableReadError, RaftError};
 use openraft::LinearizerOption;
 use serde::{Deserialize, Serialize};
@@ -59,27 +59,38 @@ impl LeaseKeeper {
         self.node.config.min_lease_ttl_secs()
     }
 
-    /// LeaseGrant. `id` 0 = the server picks one (derived from `request_id` when given, so a
-    /// retry proposes the same command). TTL above the maximum is OutOfRange; below the minimum
-    /// it is raised.
+    /// The (id, TTL) a new lease is proposed with, for LeaseGrant and for a Register that
+    /// grants its instance's lease. `id` 0 = the server picks one: derived from `request_id`
+    /// when given, so a retry proposes the same command; else from this node's generator. TTL
+    /// above the maximum is OutOfRange; below the minimum it is raised.
+    pub fn new_lease(
+        &self,
+        id: i64,
+        ttl_secs: i64,
+        request_id: Option<&str>,
+    ) -> Result<(i64, i64), ServerError> {
+        let max_secs = self.node.config.lease.max_ttl_secs;
+        if ttl_secs > max_secs {
+            return Err(ServerError::LeaseTtlTooLarge { ttl_secs, max_secs });
+        }
+        let ttl_secs = ttl_secs.max(self.min_ttl_secs());
+        let id = match (id, request_id) {
+            (0, Some(r)) => id_from_request_id(r),
+            (0, None) => self.ids.next(),
+            (id, _) => id,
+        };
+        Ok((id, ttl_secs))
+    }
+
+    /// LeaseGrant, with the id and TTL of [`Self::new_lease`].
     pub async fn grant(
         &self,
         id: i64,
         ttl_secs: i64,
         request_id: Option<String>,
     ) -> Result<Granted, ServerError> {
-        let max_secs = self.node.config.lease.max_ttl_secs;
-        if ttl_secs > max_secs {
-            return Err(ServerError::LeaseTtlTooLarge { ttl_secs, max_secs });
-        }
-        let ttl_secs = ttl_secs.max(self.min_ttl_secs());
-        let id = match (id, request_id.as_deref()) {
-            (0, Some(r)) => id_from_request_id(r),
-            (0, None) => self.ids.next(),
-            (id, _) => id,
-        };
+        let (id, ttl_secs) = self.new_lease(id, ttl_secs, request_id.as_deref())?;
         let cmd = idempotent(Command::LeaseGrant { id, ttl_secs }, request_id);
-        self.node.config.limits.check_command(&cmd)?;
         let resp = self.node.write(cmd.clone()).await?;
         self.observe(&cmd, &resp);
         let revision = resp.revision;
@@ -98,7 +109,6 @@ impl LeaseKeeper {
     /// LeaseRevoke: deletes the lease and its keys in one revision; returns that revision.
     pub async fn revoke(&self, id: i64, request_id: Option<String>) -> Result<i64, ServerError> {
         let cmd = idempotent(Command::LeaseRevoke { id }, request_id);
-        self.node.config.limits.check_command(&cmd)?;
         let resp = self.node.write(cmd.clone()).await?;
         self.observe(&cmd, &resp);
         let revision = resp.revision;
@@ -110,9 +120,6 @@ impl LeaseKeeper {
         }
     }
 
-    /// Tells the keeper about a lease write this node applied as leader (its own, or one a
-    /// follower forwarded), so a new lease's deadline starts now rather than at the next
-    /// reconcile. Ignored unless this node's keeper is active.
     /// Whether [`Self::observe`] has anything to learn from `cmd`'s answer, so callers keep a
     /// copy of only those commands.
     pub fn observes(cmd: &Command) -> bool {
@@ -120,10 +127,15 @@ impl LeaseKeeper {
             Command::Batch(cmds) => cmds.iter().any(Self::observes),
             Command::Idempotent { cmd, .. } => Self::observes(cmd),
             Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => true,
+            Command::Register(r) => matches!(r.lease, InstanceLease::Grant { .. }),
             _ => false,
         }
     }
 
+    /// Tells the keeper about a lease write this node applied as leader (its own, or one a
+    /// follower forwarded): a grant, a revoke, or a Register that granted its instance's lease.
+    /// A new lease's deadline then starts now rather than at the next reconcile. Ignored unless
+    /// this node's keeper is active.
     pub fn observe(&self, cmd: &Command, resp: &CommandResponse) {
         let cmd = match (cmd, &resp.result) {
             // A follower's batched forward: each command has its own response.
@@ -143,6 +155,14 @@ impl LeaseKeeper {
                 if !l.deadlines.contains(*id) =>
             {
                 l.deadlines.track(*id, *ttl_secs, Instant::now());
+            }
+            // A registration that granted its instance's lease: the same as a LeaseGrant.
+            (Command::Register(r), Ok(ResponseBody::Register { .. })) => {
+                if let InstanceLease::Grant { id, ttl_secs } = r.lease {
+                    if !l.deadlines.contains(id) {
+                        l.deadlines.track(id, ttl_secs, Instant::now());
+                    }
+                }
             }
             // A replayed revoke may name an id granted again since: the store decides.
             (Command::LeaseRevoke { id }, Ok(ResponseBody::LeaseRevoke))

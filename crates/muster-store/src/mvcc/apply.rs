@@ -1,7 +1,7 @@
 //! Applying commands: the only code that changes the keyspace. Dispatches each command, and owns
 //! the two primitive writes (put one key, delete one key) that every command reduces to, plus
-//! compaction. Txns are in [`super::txn`], lease commands in [`super::lease`], request-id
-//! de-duplication in [`super::dedup`].
+//! compaction. Txns are in [`super::txn`], lease commands in [`super::lease`], the registry's
+//! Register in [`super::register`], request-id de-duplication in [`super::dedup`].
 //!
 //! Everything apply reads comes from memory: the writes of earlier commands of the same group are
 //! still in the caller's unapplied batch.
@@ -76,8 +76,9 @@ impl Mvcc {
                 result: Ok(ResponseBody::Batch(responses)),
             });
         }
-        // Lease deadlines live in the leader's memory; the only use of time here is forgetting
-        // request ids, by the entry's leader time, so every node forgets at the same entry.
+        // Lease deadlines live in the leader's memory; time here is only the entry's leader
+        // time: for forgetting request ids (every node forgets at the same entry) and as a
+        // registration's `registered_at_ms`.
         self.dedup.prune(time_ms, batch);
         if let Command::Idempotent { request_id, cmd } = cmd {
             return self.apply_idempotent(time_ms, request_id, cmd, batch, events);
@@ -95,6 +96,7 @@ impl Mvcc {
             }
             Command::LeaseRevoke { id } => self.apply_lease_revoke(&mut w, *id)?,
             Command::LeaseExpire { ids } => self.apply_lease_expire(&mut w, ids)?,
+            Command::Register(r) => self.apply_register(&mut w, time_ms, r)?,
             Command::Idempotent { .. } | Command::Batch(_) => {
                 unreachable!("unwrapped before dispatch")
             }

@@ -15,6 +15,7 @@
 //! - `txn`: Txn compares, checks and execution.
 //! - `read`: [`Mvcc::range`].
 //! - `lease`: leases, LeaseGrant, LeaseRevoke and the leader's batched LeaseExpire.
+//! - `register`: the registry's Register (lease grant + instance put, one revision).
 //! - `dedup`: request ids of applied `Idempotent` commands (retries never apply twice).
 //! - `test_util`, `tests_*`: unit tests against a temporary sled tree, one file per area.
 
@@ -25,6 +26,7 @@ mod history;
 mod index;
 mod lease;
 mod read;
+mod register;
 mod txn;
 
 #[cfg(test)]
@@ -41,6 +43,8 @@ mod tests_kv;
 mod tests_lease;
 #[cfg(test)]
 mod tests_range;
+#[cfg(test)]
+mod tests_register;
 #[cfg(test)]
 mod tests_txn;
 

@@ -38,12 +38,21 @@ impl H {
 
     /// Applies several commands into one batch, then applies the batch.
     pub fn apply_group(&mut self, cmds: Vec<Command>) -> Vec<CommandResponse> {
+        self.apply_group_at(1_000, cmds)
+    }
+
+    /// Applies one command as an entry with leader time `time_ms`, then its batch.
+    pub fn apply_at(&mut self, time_ms: u64, cmd: Command) -> CommandResponse {
+        self.apply_group_at(time_ms, vec![cmd]).pop().unwrap()
+    }
+
+    fn apply_group_at(&mut self, time_ms: u64, cmds: Vec<Command>) -> Vec<CommandResponse> {
         let mut batch = sled::Batch::default();
         let out = cmds
             .iter()
             .map(|cmd| {
                 self.mvcc
-                    .apply(1_000, cmd, &mut batch, &mut self.events)
+                    .apply(time_ms, cmd, &mut batch, &mut self.events)
                     .unwrap()
             })
             .collect();
