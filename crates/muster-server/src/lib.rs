@@ -13,7 +13,8 @@
 //! - [`membership`]: member add/promote/remove on the leader (forwarded from followers).
 //! - [`network`]: the Raft network, client side (peer channels, bincode payloads).
 //! - [`peer_auth`]: the peer secret: attached to every peer call, checked on the peer port.
-//! - [`grpc`]: one file per gRPC service; validation and conversion only.
+//! - [`services`]: the service layer (kv, lease, registry, cluster) every front door calls.
+//! - [`grpc`]: one file per gRPC service: decode, call a service, encode.
 //! - [`error`]: the server's errors and their single mapping to gRPC status.
 //! - [`http`]: /health, /ready, /metrics.
 
@@ -31,6 +32,7 @@ pub mod peer_auth;
 pub mod propose;
 pub mod read;
 pub mod server;
+pub mod services;
 pub mod write;
 
 pub use config::NodeConfig;

@@ -28,6 +28,7 @@ use crate::http;
 use crate::lease_keeper::LeaseKeeper;
 use crate::node::{Node, StartError};
 use crate::peer_auth::CheckToken;
+use crate::services::Services;
 use muster_proto::registrypb::registry_server::RegistryServer;
 
 /// How long a stopping server may take to wind down its connections before it is aborted.
@@ -84,6 +85,8 @@ pub struct RunningServer {
     pub http_addr: Option<SocketAddr>,
     /// The node's lease keeper (leader-side lease time); for services that grant leases.
     pub leases: Arc<LeaseKeeper>,
+    /// The service layer every front door calls.
+    pub services: Services,
     /// Cancelled to stop: ends the accept loops and cuts every open connection.
     stop: CancellationToken,
     grpc_task: JoinHandle<()>,
@@ -140,28 +143,35 @@ pub async fn start_with_listeners(
     tracing::info!(node_id = node.id, %addr, %peer_addr, advertise = %node.advertise,
         peer_advertise = %node.peer_advertise, "serving gRPC");
     let leases = LeaseKeeper::start(node.clone());
+    let services = Services::new(node.clone(), leases.clone());
 
     // The client port: client APIs only. RaftTransport is not served here, so a call to it
     // is Unimplemented.
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
-            KvServer::new(KvService { node: node.clone() })
-                .max_decoding_message_size(max_msg)
-                .max_encoding_message_size(usize::MAX),
+            KvServer::new(KvService {
+                node: node.clone(),
+                kv: services.kv.clone(),
+            })
+            .max_decoding_message_size(max_msg)
+            .max_encoding_message_size(usize::MAX),
         )
         .add_service(
             MaintenanceServer::new(MaintenanceService { node: node.clone() })
                 .max_decoding_message_size(max_msg),
         )
         .add_service(
-            ClusterServer::new(ClusterService { node: node.clone() })
-                .max_decoding_message_size(max_msg),
+            ClusterServer::new(ClusterService {
+                node: node.clone(),
+                cluster: services.cluster.clone(),
+            })
+            .max_decoding_message_size(max_msg),
         )
         .add_service(
             RegistryServer::new(RegistryService {
                 node: node.clone(),
-                leases: leases.clone(),
+                registry: services.registry.clone(),
             })
             .max_decoding_message_size(max_msg)
             .max_encoding_message_size(usize::MAX),
@@ -169,7 +179,7 @@ pub async fn start_with_listeners(
         .add_service(
             LeaseServer::new(LeaseService {
                 node: node.clone(),
-                keeper: leases.clone(),
+                leases: services.lease.clone(),
             })
             .max_decoding_message_size(max_msg),
         )
@@ -229,6 +239,7 @@ pub async fn start_with_listeners(
         peer_addr,
         http_addr,
         leases,
+        services,
         stop,
         grpc_task,
         peer_task,

@@ -151,15 +151,15 @@ impl TestCluster {
             || async {
                 for n in self.nodes.values() {
                     let Some(s) = &n.server else { continue };
-                    let members = s.node.members();
+                    let members = s.services.cluster.members();
                     let all =
                         self.nodes
                             .iter()
                             .filter(|(_, m)| m.server.is_some())
                             .all(|(id, m)| {
-                                members
-                                    .iter()
-                                    .any(|x| x.id == *id && x.client_ur_ls == [m.addr.to_string()])
+                                members.iter().any(|x| {
+                                    x.id == *id && x.member.client_addr == m.addr.to_string()
+                                })
                             });
                     if !all {
                         return None;

@@ -115,6 +115,18 @@ impl Command {
         }
     }
 
+    /// Wraps the command in the applier's de-duplication when the client sent a request id, so
+    /// a retry after an unknown outcome returns the first result instead of applying twice.
+    pub fn idempotent(self, request_id: Option<String>) -> Command {
+        match request_id {
+            Some(request_id) => Command::Idempotent {
+                request_id,
+                cmd: Box::new(self),
+            },
+            None => self,
+        }
+    }
+
     /// Whether only the leader itself may originate this command (lease expiry, decided by
     /// the leader's lease keeper): such a command is never accepted from a client or a forward.
     pub fn is_leader_only(&self) -> bool {

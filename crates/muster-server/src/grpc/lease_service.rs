@@ -1,6 +1,6 @@
-//! etcd `Lease` service: LeaseGrant, LeaseRevoke, LeaseKeepAlive (a bidirectional stream),
-//! LeaseTimeToLive and LeaseLeases. Conversion only; lease time and routing to the leader are
-//! the keeper's (`crate::lease_keeper`).
+//! etcd `Lease` service over gRPC: LeaseGrant, LeaseRevoke, LeaseKeepAlive (a bidirectional
+//! stream), LeaseTimeToLive and LeaseLeases. Decode, call `crate::services::lease`, encode;
+//! the keep-alive stream's protocol (batching, flow control) lives here.
 //!
 //! LeaseGrant and LeaseRevoke accept the metadata [`REQUEST_ID_HEADER`]: retries of one request
 //! carrying the same id are applied once (see the keeper's module doc).
@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::request_id;
-use crate::lease_keeper::LeaseKeeper;
+use super::request_ctx;
 use crate::node::Node;
+use crate::services::lease::Leases;
 
 /// Metadata naming one logical request; the same on each of its retries (e.g. a UUID).
 pub const REQUEST_ID_HEADER: &str = "x-muster-request-id";
@@ -30,7 +30,7 @@ const MAX_QUEUED_KEEP_ALIVES: usize = 65_536;
 
 pub struct LeaseService {
     pub node: Arc<Node>,
-    pub keeper: Arc<LeaseKeeper>,
+    pub leases: Leases,
 }
 
 type KeepAliveStream =
@@ -47,7 +47,7 @@ type KeepAliveStream =
 /// as etcd does; clients then reopen it, possibly on another node.
 async fn serve_keep_alives(
     node: Arc<Node>,
-    keeper: Arc<LeaseKeeper>,
+    leases: Leases,
     mut inbound: Streaming<pb::LeaseKeepAliveRequest>,
     tx: mpsc::Sender<Result<pb::LeaseKeepAliveResponse, Status>>,
 ) {
@@ -68,7 +68,7 @@ async fn serve_keep_alives(
                 Err(_) => break,
             }
         }
-        match keeper.keep_alive(&ids).await {
+        match leases.keep_alive(&ids).await {
             Ok(renewed) => {
                 let header = node.header(node.sm.read().mvcc.current_revision());
                 for (id, ttl) in renewed {
@@ -99,9 +99,9 @@ impl Lease for LeaseService {
         &self,
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
-        let request_id = request_id(&req)?;
+        let ctx = request_ctx(&req)?;
         let r = req.into_inner();
-        let g = self.keeper.grant(r.id, r.ttl, request_id).await?;
+        let g = self.leases.grant(r.id, r.ttl, &ctx).await?;
         Ok(Response::new(pb::LeaseGrantResponse {
             header: Some(self.node.header(g.revision)),
             id: g.id,
@@ -114,8 +114,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        let request_id = request_id(&req)?;
-        let revision = self.keeper.revoke(req.into_inner().id, request_id).await?;
+        let ctx = request_ctx(&req)?;
+        let revision = self.leases.revoke(req.into_inner().id, &ctx).await?;
         Ok(Response::new(pb::LeaseRevokeResponse {
             header: Some(self.node.header(revision)),
         }))
@@ -130,7 +130,7 @@ impl Lease for LeaseService {
         let (tx, rx) = mpsc::channel(MAX_KEEP_ALIVE_BATCH);
         tokio::spawn(serve_keep_alives(
             self.node.clone(),
-            self.keeper.clone(),
+            self.leases.clone(),
             req.into_inner(),
             tx,
         ));
@@ -142,7 +142,7 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
-        let t = self.keeper.time_to_live(r.id, r.keys).await?;
+        let t = self.leases.time_to_live(r.id, r.keys).await?;
         Ok(Response::new(pb::LeaseTimeToLiveResponse {
             header: Some(self.node.header(t.revision)),
             id: t.id,
@@ -156,7 +156,7 @@ impl Lease for LeaseService {
         &self,
         _req: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
-        let (revision, ids) = self.keeper.leases().await?;
+        let (revision, ids) = self.leases.leases().await?;
         Ok(Response::new(pb::LeaseLeasesResponse {
             header: Some(self.node.header(revision)),
             leases: ids.into_iter().map(|id| pb::LeaseStatus { id }).collect(),

@@ -1,5 +1,7 @@
-//! gRPC services, one file each. Handlers validate, convert wire messages to commands and
-//! call the node; no logic lives here. Errors become statuses in one place (`crate::error`).
+//! gRPC front doors, one file per service: each handler decodes the wire message into domain
+//! types, calls the service layer (`crate::services`) and encodes the answer; no logic lives
+//! here. Errors become statuses in one place (`crate::error`). The streaming services (Watch,
+//! registry Subscribe, lease keep-alive streams) keep their stream protocol here.
 
 pub mod cluster_service;
 pub mod kv_service;
@@ -11,10 +13,10 @@ pub mod registry_subscribe;
 pub mod watch_service;
 
 use muster_proto::etcdserverpb::ResponseHeader;
-use muster_types::{CommandResponse, ResponseBody};
 
 use crate::error::ServerError;
 use crate::node::Node;
+use crate::services::RequestCtx;
 
 impl Node {
     /// The etcd response header at `revision`.
@@ -23,16 +25,11 @@ impl Node {
     }
 }
 
-/// Splits an apply result into the header revision and the body, mapping domain failures.
-pub(crate) fn body(resp: CommandResponse) -> Result<(i64, ResponseBody), ServerError> {
-    let body = resp.result?;
-    Ok((resp.revision, body))
-}
-
-/// The client's idempotency key (metadata `x-muster-request-id`), if it sent one.
-pub(crate) fn request_id<T>(req: &tonic::Request<T>) -> Result<Option<String>, ServerError> {
+/// What the request's metadata says about its caller: the idempotency key
+/// (`x-muster-request-id`), if it sent one.
+pub(crate) fn request_ctx<T>(req: &tonic::Request<T>) -> Result<RequestCtx, ServerError> {
     let Some(v) = req.metadata().get(lease_service::REQUEST_ID_HEADER) else {
-        return Ok(None);
+        return Ok(RequestCtx::none());
     };
     let s = v
         .to_str()
@@ -40,20 +37,7 @@ pub(crate) fn request_id<T>(req: &tonic::Request<T>) -> Result<Option<String>, S
             field: lease_service::REQUEST_ID_HEADER,
             reason: "must be visible ASCII".into(),
         })?;
-    Ok(Some(s.to_string()))
-}
-
-/// Wraps a write in the applier's de-duplication when the client sent a request id, so a retry
-/// after an unknown outcome returns the first result instead of applying twice.
-pub(crate) fn idempotent(
-    cmd: muster_types::Command,
-    request_id: Option<String>,
-) -> muster_types::Command {
-    match request_id {
-        Some(request_id) => muster_types::Command::Idempotent {
-            request_id,
-            cmd: Box::new(cmd),
-        },
-        None => cmd,
-    }
+    Ok(RequestCtx {
+        request_id: Some(s.to_string()),
+    })
 }

@@ -16,7 +16,6 @@ use tokio::time::Instant;
 use super::deadlines::Renewal;
 use super::{id_from_request_id, LeaseKeeper};
 use crate::error::{RaftPathError, ServerError};
-use crate::grpc::idempotent;
 use crate::network::call;
 
 /// How long a forwarded keep-alive batch or time-to-live query may take.
@@ -90,7 +89,7 @@ impl LeaseKeeper {
         request_id: Option<String>,
     ) -> Result<Granted, ServerError> {
         let (id, ttl_secs) = self.new_lease(id, ttl_secs, request_id.as_deref())?;
-        let cmd = idempotent(Command::LeaseGrant { id, ttl_secs }, request_id);
+        let cmd = Command::LeaseGrant { id, ttl_secs }.idempotent(request_id);
         let resp = self.node.write(cmd.clone()).await?;
         self.observe(&cmd, &resp);
         let revision = resp.revision;
@@ -108,7 +107,7 @@ impl LeaseKeeper {
 
     /// LeaseRevoke: deletes the lease and its keys in one revision; returns that revision.
     pub async fn revoke(&self, id: i64, request_id: Option<String>) -> Result<i64, ServerError> {
-        let cmd = idempotent(Command::LeaseRevoke { id }, request_id);
+        let cmd = Command::LeaseRevoke { id }.idempotent(request_id);
         let resp = self.node.write(cmd.clone()).await?;
         self.observe(&cmd, &resp);
         let revision = resp.revision;
