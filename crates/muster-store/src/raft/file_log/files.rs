@@ -9,13 +9,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::disk::write_meta;
 use super::record::encode_record;
 use super::{
-    invalid_input, segment_path, sync_dir, FileLogReader, Segment, PURGED_FILE, VOTE_FILE,
+    invalid_input, segment_path, sync_dir, FileLogReader, Segment, Watermark, PURGED_FILE,
+    VOTE_FILE,
 };
 use crate::raft::{Entry, LogId, Vote};
 
@@ -26,7 +26,7 @@ pub(super) struct LogFiles {
     pub(super) segment_bytes: u64,
     pub(super) reader: FileLogReader,
     /// Every live entry with an index at or below this is durable.
-    pub(super) durable: Arc<AtomicU64>,
+    pub(super) durable: Watermark,
 }
 
 /// An append batch encoded and ready to be written.
@@ -165,9 +165,9 @@ impl LogFiles {
     /// Drops every entry after `last` (all of them when `None`), durably.
     pub(super) fn truncate(&self, last: Option<LogId>) -> io::Result<()> {
         let keep_until = last.map_or(0, |l| l.index + 1);
-        // Entries appended later at the dropped indexes are not durable until their own sync.
-        self.durable
-            .fetch_min(keep_until.saturating_sub(1), Ordering::SeqCst);
+        // Entries appended later at the dropped indexes are not durable until their own sync
+        // (and syncs queued before this one no longer count).
+        self.durable.truncated(keep_until.saturating_sub(1));
         let (deleted, truncated) = {
             let mut st = self.reader.write()?;
             let (Some(first_live), Some(next)) = (

@@ -70,7 +70,7 @@ use files::{encode_batch, LogFiles};
 #[cfg(test)]
 use record::encode_record;
 use record::{parse_record, Parsed};
-use sync::{run_sync_thread, sync_group, SyncJob};
+use sync::{run_sync_thread, sync_group, SyncJob, Watermark};
 
 /// Size past which the current segment is closed and the next append starts a new one.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -253,7 +253,7 @@ impl FileLogStore {
         }
 
         // Whatever recovery found on disk is durable (recovery syncs what it cuts).
-        let durable = Arc::new(AtomicU64::new(state.last_log_id.map_or(0, |l| l.index)));
+        let durable = Watermark::new(state.last_log_id.map_or(0, |l| l.index));
         let (sync_tx, sync_rx) = mpsc::channel();
         let durable_in_thread = durable.clone();
         std::thread::Builder::new()
@@ -277,7 +277,7 @@ impl FileLogStore {
     /// state machine holds its deferred writes until the watermark passes what they applied, so
     /// even after a power loss its store is never ahead of this log.
     pub fn durable_index(&self) -> Arc<AtomicU64> {
-        self.files.durable.clone()
+        self.files.durable.durable()
     }
 
     /// Queues `file`'s sync and `callback` for the sync thread.
@@ -285,6 +285,7 @@ impl FileLogStore {
         let job = SyncJob {
             file,
             last_index,
+            generation: self.files.durable.generation(),
             callback,
         };
         if let Err(mpsc::SendError(job)) = self.sync_tx.send(job) {

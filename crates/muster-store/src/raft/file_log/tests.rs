@@ -14,7 +14,7 @@ use openraft::vote::RaftLeaderIdExt;
 use openraft::{EntryPayload, Membership, RaftLogReader};
 use tempfile::TempDir;
 
-use super::{sync_group, FileLogStore, SyncJob, HEADER_LEN};
+use super::{sync_group, FileLogStore, SyncJob, Watermark, HEADER_LEN};
 use crate::raft::{Entry, LogId, TypeConfig, Vote};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -439,13 +439,14 @@ fn sync_group_syncs_each_file_once_and_completes_all() -> TestResult {
         group.push(SyncJob {
             file: Arc::clone(file),
             last_index: 10 + i as u64,
+            generation: 0,
             callback: IOFlushed::signal(tx),
         });
         rxs.push(rx);
     }
-    let durable = std::sync::atomic::AtomicU64::new(3);
+    let durable = Watermark::new(3);
     assert_eq!(sync_group(group, &durable), 2);
-    assert_eq!(durable.load(std::sync::atomic::Ordering::SeqCst), 13);
+    assert_eq!(durable.get(), 13);
     for mut rx in rxs {
         assert!(matches!(rx.try_recv(), Ok(Ok(()))));
     }
@@ -501,5 +502,43 @@ async fn durable_index_follows_syncs_truncation_and_reopen() -> TestResult {
     drop(store);
     let store = FileLogStore::open(&dir)?;
     assert_eq!(store.durable_index().load(Ordering::SeqCst), 15);
+    Ok(())
+}
+
+/// A sync queued before a truncate covers entries the truncate dropped: when it completes it
+/// must not raise the watermark over the dropped indexes, which may hold newer entries not yet
+/// synced (the state machine would then write applied state ahead of the durable log).
+#[test]
+fn a_sync_queued_before_a_truncate_does_not_raise_the_watermark() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let file = Arc::new(File::create(tmp.path().join("seg"))?);
+    let w = Watermark::new(10);
+    let (tx, mut rx) = TypeConfig::oneshot();
+    let stale = SyncJob {
+        file: Arc::clone(&file),
+        last_index: 20,
+        generation: w.generation(),
+        callback: IOFlushed::signal(tx),
+    };
+    w.truncated(12);
+    sync_group(vec![stale], &w);
+    assert_eq!(w.get(), 10, "a stale sync must not raise the watermark");
+    assert!(
+        matches!(rx.try_recv(), Ok(Ok(()))),
+        "its callback still completes"
+    );
+    let (tx, _rx) = TypeConfig::oneshot();
+    let fresh = SyncJob {
+        file,
+        last_index: 15,
+        generation: w.generation(),
+        callback: IOFlushed::signal(tx),
+    };
+    sync_group(vec![fresh], &w);
+    assert_eq!(
+        w.get(),
+        15,
+        "a sync of entries written after the truncate raises it"
+    );
     Ok(())
 }
