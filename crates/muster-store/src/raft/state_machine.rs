@@ -61,7 +61,7 @@ pub(crate) use cleanup::Step;
 pub use cleanup::{STEP_KEYS, STEP_RECORDS, WRITE_AT_REMOVES};
 pub use snapshot::SnapshotPayload;
 pub use stats::SmStats;
-use stats::{StatCells, WriteGuard};
+use stats::{Holder, StatCells, WriteGuard};
 
 /// Raft-side meta lives in the state machine's tree under this prefix, so it is written in the
 /// same atomic batch as the data it describes. The MVCC layer never uses this prefix.
@@ -267,9 +267,15 @@ impl SmShared {
         &self.hub
     }
 
-    /// Slow applies and the longest write-lock hold since the store was opened.
+    /// Slow applies and the longest write-lock hold since the store was opened (or the last
+    /// [`SmShared::reset_stats`]).
     pub fn stats(&self) -> SmStats {
         self.stats.get()
+    }
+
+    /// Starts [`SmShared::stats`] over, so a test or benchmark can measure one phase.
+    pub fn reset_stats(&self) {
+        self.stats.reset();
     }
 
     /// A read view of the state machine. Never hold it across an `.await`.
@@ -331,12 +337,13 @@ impl SmShared {
         }
     }
 
-    fn write(&self) -> WriteGuard<'_> {
+    /// The write lock, timed as held `by` (see `stats`).
+    fn write(&self, by: Holder) -> WriteGuard<'_> {
         let guard = self
             .inner
             .write()
             .unwrap_or_else(|p| panic!("state machine lock poisoned: {p}"));
-        WriteGuard::new(guard, &self.stats)
+        WriteGuard::new(guard, by, &self.stats)
     }
 }
 
@@ -349,7 +356,7 @@ async fn run_write_ticker(shared: Weak<SmShared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let mut inner = shared.write();
+        let mut inner = shared.write(Holder::Ticker);
         if inner.failed.is_some() {
             // Stopped (and logged) by whoever failed; retrying would only hide it.
             return;
@@ -455,7 +462,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let count = entries.len();
         let mut replies = Vec::with_capacity(count);
         {
-            let mut inner = self.shared.write();
+            let mut inner = self.shared.write(Holder::Apply);
             inner.check_running()?;
             let events = match inner.apply_group(&self.shared, entries, &mut replies) {
                 Ok(events) => events,

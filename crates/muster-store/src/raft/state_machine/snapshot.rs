@@ -19,7 +19,9 @@ use std::time::Instant;
 use openraft::RaftSnapshotBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{SmShared, StateMachineStore, Unwritten, KEY_APPLIED, KEY_MEMBERSHIP, META_PREFIX};
+use super::{
+    Holder, SmShared, StateMachineStore, Unwritten, KEY_APPLIED, KEY_MEMBERSHIP, META_PREFIX,
+};
 use crate::mvcc::{drop_compacted, Mvcc};
 use crate::raft::{blocking, io_err, Snapshot, SnapshotData, SnapshotMeta, TypeConfig};
 
@@ -75,7 +77,7 @@ fn load_snapshot_file(dir: &Path) -> io::Result<Option<StoredSnapshot>> {
 fn build(shared: &SmShared, dir: &Path) -> io::Result<Snapshot> {
     let started = Instant::now();
     let (meta, garbage_possible, suspended) = {
-        let mut inner = shared.write();
+        let mut inner = shared.write(Holder::SnapshotBuild);
         // The snapshot is read from the tree, and the log is purged behind it: everything
         // applied must be in the tree first.
         inner.write_unwritten(shared)?;
@@ -133,9 +135,9 @@ fn install(
     meta: SnapshotMeta,
     data: SnapshotData,
 ) -> io::Result<()> {
-    shared.write().check_running()?;
+    shared.write(Holder::SnapshotInstall).check_running()?;
     let payload: SnapshotPayload = bincode::deserialize(&data).map_err(io_err)?;
-    let suspended = shared.suspend_writes(&mut shared.write());
+    let suspended = shared.suspend_writes(&mut shared.write(Holder::SnapshotInstall));
     // One batch: sled applies it atomically, so a crash leaves the old state or the new. The
     // keys to remove are listed without the lock: with deferred writes suspended and builds
     // held off by the gate nothing changes the tree, and openraft applies entries on the task
@@ -160,7 +162,7 @@ fn install(
         // The rewrite and the new keyspace's open happen under the lock: a reader still on the
         // old index must never load history from the new tree. (Opening the keyspace from the
         // payload instead of the tree would shorten this; not done yet.)
-        let mut inner = shared.write();
+        let mut inner = shared.write(Holder::SnapshotInstall);
         if let Err(e) = shared.write_batch(batch) {
             return Err(inner.fail(io_err(e), "writing an installed snapshot to sled"));
         }
