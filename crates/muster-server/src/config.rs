@@ -174,8 +174,12 @@ impl Default for RaftTiming {
             election_min: Duration::from_millis(600),
             election_max: Duration::from_millis(700),
             install_snapshot_timeout: Duration::from_secs(30),
-            snapshot_every_entries: 10_000,
-            logs_kept_after_snapshot: 1_000,
+            // etcd's --snapshot-count. A snapshot costs a scan and a file of the whole state
+            // whatever changed: every 10,000 entries, at 300,000 keys, that was 93 MB each time.
+            snapshot_every_entries: 100_000,
+            // etcd's catch-up entries: a follower this far behind catches up from the log
+            // instead of being sent the whole state.
+            logs_kept_after_snapshot: 5_000,
             broadcast_on_append: true,
         }
     }

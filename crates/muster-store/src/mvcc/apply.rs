@@ -1,7 +1,8 @@
 //! Applying commands: the only code that changes the keyspace. Dispatches each command, and owns
-//! the two primitive writes (put one key, delete one key) that every command reduces to, plus
-//! compaction. Txns are in [`super::txn`], lease commands in [`super::lease`], the registry's
-//! Register in [`super::register`], request-id de-duplication in [`super::dedup`].
+//! the two primitive writes (put one key, delete one key) that every command reduces to.
+//! Compaction is in [`super::compact`], Txns in [`super::txn`], lease commands in
+//! [`super::lease`], the registry's Register in [`super::register`], request-id de-duplication
+//! in [`super::dedup`].
 //!
 //! Everything apply reads comes from memory: the writes of earlier commands of the same group are
 //! still in the caller's unapplied batch.
@@ -11,9 +12,7 @@ use muster_types::{
     EventKind, KeyValue, PutRequest, PutResponse, ResponseBody, Revision,
 };
 
-use super::codec::{
-    encode_meta_revision, HistoryRecord, META_COMPACT_REVISION, META_CURRENT_REVISION,
-};
+use super::codec::{encode_meta_revision, HistoryRecord, META_CURRENT_REVISION};
 use super::Mvcc;
 use crate::error::StoreError;
 
@@ -247,33 +246,5 @@ impl Mvcc {
             }
         }
         Ok(resp)
-    }
-
-    /// Compact: forget history that no read at or after `revision` needs. Does not change the
-    /// revision. Same checks, in the same order, as etcd.
-    fn apply_compact(
-        &mut self,
-        w: &mut WriteCtx<'_>,
-        revision: i64,
-    ) -> Result<Result<(), ApplyError>, StoreError> {
-        if revision <= self.compact_revision {
-            return Ok(Err(ApplyError::Compacted {
-                compact_revision: self.compact_revision,
-            }));
-        }
-        if revision > self.current_revision {
-            return Ok(Err(ApplyError::FutureRevision {
-                current_revision: self.current_revision,
-            }));
-        }
-        let removed = self.index.compact(revision);
-        for rev in &removed {
-            self.history.remove(w.batch, *rev);
-        }
-        self.compact_revision = revision;
-        w.batch
-            .insert(META_COMPACT_REVISION, encode_meta_revision(revision)?);
-        tracing::info!(revision, removed = removed.len(), "compacted history");
-        Ok(Ok(()))
     }
 }

@@ -8,6 +8,7 @@
 //! | `b'l'` + lease id (`i64 as u64`, BE)  | bincode [`LeaseRecord`]                 |
 //! | `b'm'` + `current_revision`           | bincode `i64`                           |
 //! | `b'm'` + `compact_revision`           | bincode `i64`                           |
+//! | `b'm'` + `compact_done`               | bincode `i64`: the compact revision whose history removal finished |
 //! | `b'r'` + request id (UTF-8)           | bincode [`DedupRecord`] (an applied `Idempotent` command's response) |
 //! | `b's'` + …                            | reserved for the caller (the Raft state machine's own meta); never read or written here |
 //!
@@ -30,6 +31,8 @@ pub(crate) const DEDUP: u8 = b'r';
 pub(crate) const META_CURRENT_REVISION: &[u8] = b"mcurrent_revision";
 /// Key of the compacted revision.
 pub(crate) const META_COMPACT_REVISION: &[u8] = b"mcompact_revision";
+/// Key of the compact revision whose removal of compacted history has finished (absent: none).
+pub(crate) const META_COMPACT_DONE: &[u8] = b"mcompact_done";
 
 /// One write to one key, stored under its revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,7 +151,7 @@ pub(crate) fn decode_lease(bytes: &[u8]) -> Result<LeaseRecord, StoreError> {
     })
 }
 
-/// Both meta values (`current_revision`, `compact_revision`) are revisions.
+/// Every meta value (`current_revision`, `compact_revision`, `compact_done`) is a revision.
 pub(crate) fn encode_meta_revision(rev: i64) -> Result<Vec<u8>, StoreError> {
     bincode::serialize(&rev).map_err(|source| StoreError::Codec {
         what: "meta revision",

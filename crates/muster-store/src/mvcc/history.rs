@@ -72,8 +72,8 @@ impl History {
     }
 
     /// Every record at or after `from`, in revision order: the tree's, then the pending ones.
-    /// (Compaction may leave records pending removal in the tree, but only below the compact
-    /// revision, where scans never start.)
+    /// (Records compaction made garbage stay in the tree until the removal pass reaches them,
+    /// see `compact`; all are below the compact revision, where only `scan_all` starts.)
     pub fn scan_from(
         &self,
         from: Revision,
@@ -152,13 +152,22 @@ impl Mvcc {
         Ok(Ok(events))
     }
 
-    /// The value `key` had just before the change at `rev`, if it existed and is still stored.
+    /// The value `key` had just before the change at `rev` (at or after the compact revision),
+    /// if it existed and compaction keeps it.
     fn prev_kv(
         &self,
         key: &[u8],
         rev: Revision,
     ) -> Result<Option<muster_types::KeyValue>, StoreError> {
         match self.index.get(key).and_then(|ki| ki.before(rev)) {
+            // A change below the compact revision followed by one at exactly it is garbage
+            // (`KeyIndex::compact`) that removal may not have reached yet: answer as if it had,
+            // so every node answers the same whatever its removal's progress.
+            Some((prev, _))
+                if prev.main < self.compact_revision && rev.main == self.compact_revision =>
+            {
+                Ok(None)
+            }
             Some((prev, false)) => Ok(Some(self.history.load(prev)?.kv)),
             _ => Ok(None),
         }

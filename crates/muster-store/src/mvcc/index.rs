@@ -40,7 +40,7 @@ impl KeyIndex {
     /// returns their revisions. Keeps every change at `at` or later; of the older ones, keeps only
     /// the latest, and only if no change at `at` supersedes it and it is a put (a tombstone below
     /// `at` says nothing an absent history does not say).
-    fn compact(&mut self, at: i64) -> impl Iterator<Item = Revision> + '_ {
+    pub fn compact(&mut self, at: i64) -> impl Iterator<Item = Revision> + '_ {
         let first_kept_candidate = self.revs.partition_point(|(r, _)| r.main < at);
         let has_change_at = self
             .revs
@@ -76,6 +76,12 @@ impl Index {
 
     pub fn live_count(&self) -> usize {
         self.live_count
+    }
+
+    /// Number of keys that are live or still have history.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.keys.len()
     }
 
     /// The keys in `range` (live or not), in key order.
@@ -126,16 +132,41 @@ impl Index {
         prev
     }
 
-    /// Compacts every key at `at` (see [`KeyIndex::compact`]) and forgets keys left with neither
-    /// a live value nor history. Returns the revisions whose history records are now garbage.
-    pub fn compact(&mut self, at: i64) -> Vec<Revision> {
+    /// Compacts the keys from `from` on (inclusive; `None` = the first key) at `at` (see
+    /// [`KeyIndex::compact`]) and forgets keys left with neither a live value nor history.
+    /// Stops before the next key once `max_keys` keys were visited or `max_revs` revisions
+    /// dropped, so one call stays short however big the index is. Returns the dropped revisions
+    /// (their history records are now garbage) and the key to resume from, `None` when it
+    /// reached the end.
+    pub fn compact_from(
+        &mut self,
+        from: Option<&[u8]>,
+        at: i64,
+        max_keys: usize,
+        max_revs: usize,
+    ) -> (Vec<Revision>, Option<Vec<u8>>) {
+        let start = from.map_or(Bound::Unbounded, Bound::Included);
         let mut removed = Vec::new();
-        self.keys.retain(|_, ki| {
+        let mut emptied = Vec::new();
+        let mut resume = None;
+        for (visited, (key, ki)) in self
+            .keys
+            .range_mut::<[u8], _>((start, Bound::Unbounded))
+            .enumerate()
+        {
+            if visited >= max_keys || removed.len() >= max_revs {
+                resume = Some(key.clone());
+                break;
+            }
             removed.extend(ki.compact(at));
-            ki.live.is_some() || !ki.revs.is_empty()
-        });
-        removed.sort_unstable();
-        removed
+            if ki.live.is_none() && ki.revs.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        for key in emptied {
+            self.keys.remove(&key);
+        }
+        (removed, resume)
     }
 }
 

@@ -11,7 +11,9 @@
 //! - `codec`: the on-disk layout; one typed encode/decode per stored kind.
 //! - `index`: the in-memory key index (live values, change revisions, compaction).
 //! - `history`: history records (write, load, scan) and [`Mvcc::events_since`].
-//! - `apply`: [`Mvcc::apply`], put/delete primitives, DeleteRange, Compact.
+//! - `apply`: [`Mvcc::apply`], put/delete primitives, DeleteRange.
+//! - `compact`: Compact (recorded in apply) and the deferred, bounded removal of compacted
+//!   history ([`Mvcc::compact_step`], [`drop_compacted`] for snapshots).
 //! - `txn`: Txn compares, checks and execution.
 //! - `read`: [`Mvcc::range`].
 //! - `lease`: leases, LeaseGrant, LeaseRevoke and the leader's batched LeaseExpire.
@@ -21,6 +23,7 @@
 
 mod apply;
 mod codec;
+mod compact;
 mod dedup;
 mod history;
 mod index;
@@ -33,6 +36,8 @@ mod txn;
 mod test_util;
 #[cfg(test)]
 mod tests_batch;
+#[cfg(test)]
+mod tests_compact;
 #[cfg(test)]
 mod tests_dedup;
 #[cfg(test)]
@@ -48,12 +53,14 @@ mod tests_register;
 #[cfg(test)]
 mod tests_txn;
 
+pub use compact::{drop_compacted, CompactStep};
 pub use lease::LeaseInfo;
 
 use codec::{
     decode_dedup, decode_lease, decode_lease_key, decode_meta_revision, DEDUP, LEASE,
-    META_COMPACT_REVISION, META_CURRENT_REVISION,
+    META_COMPACT_DONE, META_COMPACT_REVISION, META_CURRENT_REVISION,
 };
+use compact::Cleanup;
 use dedup::Dedup;
 use history::History;
 use index::Index;
@@ -72,6 +79,8 @@ pub struct Mvcc {
     current_revision: i64,
     /// Reads below this revision fail; 0 when never compacted.
     compact_revision: i64,
+    /// The removal of history compacted away, while one is due (see `compact`).
+    cleanup: Option<Cleanup>,
 }
 
 impl Mvcc {
@@ -85,6 +94,7 @@ impl Mvcc {
         };
         let current_revision = read_meta(META_CURRENT_REVISION)?.unwrap_or(1);
         let compact_revision = read_meta(META_COMPACT_REVISION)?.unwrap_or(0);
+        let compact_done = read_meta(META_COMPACT_DONE)?.unwrap_or(0);
         if compact_revision > current_revision {
             return Err(StoreError::Corrupt {
                 what: format!("compact revision {compact_revision} is above current revision {current_revision}"),
@@ -137,9 +147,12 @@ impl Mvcc {
                 });
             }
         }
+        // Stopped mid-removal (or never finished one): a new pass redoes it from the first key.
+        let cleanup = (compact_revision > compact_done).then(|| Cleanup::new(compact_revision));
         tracing::debug!(
             current_revision,
             compact_revision,
+            compact_done,
             keys = index.live_count(),
             "mvcc opened"
         );
@@ -150,6 +163,7 @@ impl Mvcc {
             dedup,
             current_revision,
             compact_revision,
+            cleanup,
         })
     }
 

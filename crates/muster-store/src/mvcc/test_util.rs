@@ -8,7 +8,7 @@ use muster_types::{
     ResponseBody, TxnOp, TxnOpResponse, TxnRequest, TxnResponse,
 };
 
-use super::Mvcc;
+use super::{CompactStep, Mvcc};
 
 pub(super) struct H {
     pub _db: sled::Db,
@@ -134,6 +134,38 @@ impl H {
 
     pub fn rev(&self) -> i64 {
         self.mvcc.current_revision()
+    }
+
+    /// One step of compaction's history removal, its batch applied at once.
+    pub fn compact_step(&mut self, max_keys: usize, max_records: usize) -> CompactStep {
+        let mut batch = sled::Batch::default();
+        let step = self
+            .mvcc
+            .compact_step(&mut batch, max_keys, max_records)
+            .unwrap();
+        self.tree.apply_batch(batch).unwrap();
+        self.mvcc.persisted();
+        step
+    }
+
+    /// Runs compaction's history removal to its end, a key per step; returns the step count.
+    pub fn finish_compaction(&mut self) -> usize {
+        // One key per step, plus the step that finds the end: bounded by the index's size.
+        let bound = self.mvcc.index.len() + 1;
+        for steps in 1..=bound {
+            if self.compact_step(1, usize::MAX).done {
+                return steps;
+            }
+        }
+        panic!("compaction did not finish within {bound} steps");
+    }
+
+    /// Every record of the tree (history, leases, meta), in key order.
+    pub fn records(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.tree
+            .iter()
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+            .collect()
     }
 }
 

@@ -66,6 +66,7 @@ fn compaction_drops_unneeded_history_and_keeps_later_reads() {
     let r = h.apply(Command::Compact { revision: 6 });
     assert_eq!((r.revision, r.result), (8, Ok(ResponseBody::Compact)));
     assert_eq!(h.mvcc.compact_revision(), 6);
+    h.finish_compaction();
     // Kept: a@7 (a's latest ≤ 6 is a tombstone below 6: dropped), b@6, b@8, c@8.
     assert_eq!(history_len(&h), 4);
     for (i, r) in (6..=8).enumerate() {
@@ -137,6 +138,7 @@ fn compact_checks_its_revision() {
         h.apply(Command::Compact { revision: 8 }).result,
         Ok(ResponseBody::Compact)
     );
+    h.finish_compaction();
     assert_eq!(
         h.all_at(8),
         kv_pairs(&[("a", "a3"), ("b", "b3"), ("c", "c1")])
@@ -151,6 +153,7 @@ fn compaction_forgets_deleted_keys_entirely() {
     h.delete(KeyRange::single("gone")); // 3
     h.put("x", "1"); // 4
     h.apply(Command::Compact { revision: 4 });
+    h.finish_compaction();
     assert_eq!(history_len(&h), 1);
     assert!(h.mvcc.index.get(b"gone").is_none());
     assert_eq!(h.mvcc.key_count(), 1);
@@ -262,6 +265,7 @@ fn reopen_restores_identical_state() {
     })); // 10
     h.apply(Command::Compact { revision: 6 });
     h.delete(KeyRange::single("c")); // 11
+    h.finish_compaction();
 
     let index = h.mvcc.index.clone();
     let leases = h.mvcc.leases();

@@ -10,9 +10,10 @@
 //!   under `<data_dir>/raft-log`; group commit (one write + one fdatasync per group of appends).
 //! - [`state_machine`]: [`state_machine::StateMachineStore`], applies committed entries to
 //!   [`crate::mvcc::Mvcc`] (fail-stop on storage errors); its `snapshot` submodule builds and
-//!   installs snapshots off the async runtime.
-//! - `test_util`, `tests_failstop`, `tests_snapshot`, `suite_tests`: state-machine tests and
-//!   openraft's storage suite.
+//!   installs snapshots off the async runtime, its `cleanup` submodule removes compacted
+//!   history in the background.
+//! - `test_util`, `tests_compaction`, `tests_failstop`, `tests_snapshot`, `suite_tests`:
+//!   state-machine tests and openraft's storage suite.
 
 pub mod file_log;
 pub mod state_machine;
@@ -20,6 +21,8 @@ pub mod state_machine;
 mod suite_tests;
 #[cfg(test)]
 mod test_util;
+#[cfg(test)]
+mod tests_compaction;
 #[cfg(test)]
 mod tests_failstop;
 #[cfg(test)]

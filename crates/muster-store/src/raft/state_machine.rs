@@ -1,6 +1,8 @@
 //! The Raft state machine: applies committed entries to the MVCC keyspace, persists the applied
 //! log id and membership in the same atomic sled batch as the data; fail-stop on storage errors.
-//! Building and installing snapshots is in `snapshot`.
+//! Building and installing snapshots is in `snapshot`; removing compacted history in the
+//! background, a bounded step at a time, in `cleanup`; lock-hold and slow-apply counters in
+//! `stats`.
 //!
 //! Readers (Range, Status, watch catch-up) share [`SmShared`] with the applier: apply holds the
 //! write lock while it changes the keyspace, so a reader sees whole entries or nothing.
@@ -32,12 +34,12 @@
 //! which readers already see from memory) and resume when the scan ends, on error too. Installs
 //! and other builds wait on the snapshot gate. Everything else that changes the tree,
 //! compaction and lease expiry included, goes through the batch (the MVCC layer only ever writes
-//! into the caller's batch). New code that writes the tree must go through the batch or take
-//! the gate.
+//! into the caller's batch; compaction's removal of old history is deferred writes too, see
+//! `cleanup`). New code that writes the tree must go through the batch or take the gate.
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, TryStreamExt};
@@ -50,9 +52,16 @@ use crate::error::StoreError;
 use crate::mvcc::Mvcc;
 use crate::watch::WatchHub;
 
+mod cleanup;
 mod snapshot;
+mod stats;
 
+#[cfg(test)]
+pub(crate) use cleanup::Step;
+pub use cleanup::{STEP_KEYS, STEP_RECORDS, WRITE_AT_REMOVES};
 pub use snapshot::SnapshotPayload;
+pub use stats::SmStats;
+use stats::{Holder, StatCells, WriteGuard};
 
 /// Raft-side meta lives in the state machine's tree under this prefix, so it is written in the
 /// same atomic batch as the data it describes. The MVCC layer never uses this prefix.
@@ -84,9 +93,15 @@ pub struct SmShared {
     /// Scans in progress that need the tree unchanged; deferred writes wait while it is not
     /// zero. Raised only under the write lock (see [`SmShared::suspend_writes`]).
     writes_suspended: AtomicUsize,
+    /// Wakes the cleanup task when compacted history is pending (see `cleanup`).
+    cleanup_wake: Arc<tokio::sync::Notify>,
+    stats: StatCells,
     /// Run by the next snapshot build once its scan is about to start, without the lock.
     #[cfg(test)]
     scan_hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Set by tests that drive the cleanup by hand: the cleanup task does nothing.
+    #[cfg(test)]
+    cleanup_paused: std::sync::atomic::AtomicBool,
 }
 
 /// Deferred writes of the tree are suspended while this lives (see the module doc).
@@ -123,6 +138,8 @@ struct Unwritten {
     since: Option<Instant>,
     /// Bytes of keys and values in the unwritten events (a bound on the batch's size).
     bytes: usize,
+    /// History records the batch removes (compaction cleanup; bounded by `WRITE_AT_REMOVES`).
+    removes: usize,
 }
 
 impl SmInner {
@@ -231,6 +248,7 @@ impl SmInner {
             return false;
         }
         let due = self.unwritten.bytes >= WRITE_AT_BYTES
+            || self.unwritten.removes >= WRITE_AT_REMOVES
             || self
                 .unwritten
                 .since
@@ -247,6 +265,17 @@ impl SmShared {
     /// The watch hub this state machine publishes applied events to.
     pub fn hub(&self) -> &Arc<WatchHub> {
         &self.hub
+    }
+
+    /// Slow applies and the longest write-lock hold since the store was opened (or the last
+    /// [`SmShared::reset_stats`]).
+    pub fn stats(&self) -> SmStats {
+        self.stats.get()
+    }
+
+    /// Starts [`SmShared::stats`] over, so a test or benchmark can measure one phase.
+    pub fn reset_stats(&self) {
+        self.stats.reset();
     }
 
     /// A read view of the state machine. Never hold it across an `.await`.
@@ -308,10 +337,13 @@ impl SmShared {
         }
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, SmInner> {
-        self.inner
+    /// The write lock, timed as held `by` (see `stats`).
+    fn write(&self, by: Holder) -> WriteGuard<'_> {
+        let guard = self
+            .inner
             .write()
-            .unwrap_or_else(|p| panic!("state machine lock poisoned: {p}"))
+            .unwrap_or_else(|p| panic!("state machine lock poisoned: {p}"));
+        WriteGuard::new(guard, by, &self.stats)
     }
 }
 
@@ -324,7 +356,7 @@ async fn run_write_ticker(shared: Weak<SmShared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let mut inner = shared.write();
+        let mut inner = shared.write(Holder::Ticker);
         if inner.failed.is_some() {
             // Stopped (and logged) by whoever failed; retrying would only hide it.
             return;
@@ -373,8 +405,12 @@ impl StateMachineStore {
             fail_writes: AtomicU32::new(0),
             snapshot_gate: Arc::new(tokio::sync::Mutex::new(())),
             writes_suspended: AtomicUsize::new(0),
+            cleanup_wake: Arc::new(tokio::sync::Notify::new()),
+            stats: StatCells::default(),
             #[cfg(test)]
             scan_hook: std::sync::Mutex::new(None),
+            #[cfg(test)]
+            cleanup_paused: std::sync::atomic::AtomicBool::new(false),
             inner: RwLock::new(SmInner {
                 mvcc,
                 last_applied,
@@ -385,6 +421,8 @@ impl StateMachineStore {
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(run_write_ticker(Arc::downgrade(&shared)));
+            // Starts by finishing a removal pass the last run left unfinished, if any.
+            rt.spawn(cleanup::run_cleanup(Arc::downgrade(&shared)));
         }
         Ok(StateMachineStore {
             shared,
@@ -424,7 +462,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let count = entries.len();
         let mut replies = Vec::with_capacity(count);
         {
-            let mut inner = self.shared.write();
+            let mut inner = self.shared.write(Holder::Apply);
             inner.check_running()?;
             let events = match inner.apply_group(&self.shared, entries, &mut replies) {
                 Ok(events) => events,
@@ -435,6 +473,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // Still under the write lock: a watcher catching up under the read lock sees
             // either none of this group or all of it in history, never half.
             self.shared.hub.publish(&inner.mvcc, events);
+            if inner.mvcc.compaction_pending() {
+                self.shared.cleanup_wake.notify_one();
+            }
             if let Some(l) = &inner.last_applied {
                 tracing::debug!(
                     log_index = l.index,
@@ -444,7 +485,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 );
             }
         }
-        let ms = started.elapsed().as_millis();
+        let took = started.elapsed();
+        let ms = took.as_millis();
+        self.shared.stats.apply_took(took, ms > SLOW_APPLY_MS);
         if ms > SLOW_APPLY_MS {
             tracing::warn!(apply_ms = ms as u64, count, "slow apply");
         }

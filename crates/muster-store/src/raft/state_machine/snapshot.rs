@@ -5,6 +5,10 @@
 //! most of a second to scan, encode and write, which on a runtime worker stalled heartbeats.
 //! The rule that lets a build scan the tree without the state machine's lock is in the parent
 //! module's doc ("Snapshots and the tree").
+//!
+//! Compacted history the cleanup has not removed yet is left out of a snapshot as it is built
+//! (`mvcc::drop_compacted`, a function of the scanned records alone): the snapshot holds what a
+//! finished removal would have left, so installing it gives the same state, minus the garbage.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -15,8 +19,10 @@ use std::time::Instant;
 use openraft::RaftSnapshotBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{SmShared, StateMachineStore, Unwritten, KEY_APPLIED, KEY_MEMBERSHIP, META_PREFIX};
-use crate::mvcc::Mvcc;
+use super::{
+    Holder, SmShared, StateMachineStore, Unwritten, KEY_APPLIED, KEY_MEMBERSHIP, META_PREFIX,
+};
+use crate::mvcc::{drop_compacted, Mvcc};
 use crate::raft::{blocking, io_err, Snapshot, SnapshotData, SnapshotMeta, TypeConfig};
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -66,11 +72,12 @@ fn load_snapshot_file(dir: &Path) -> io::Result<Option<StoredSnapshot>> {
 
 /// Builds a snapshot: under the write lock only long enough to write the unwritten batch,
 /// record the applied log id and membership and suspend deferred writes; then scans the tree
-/// without the lock, resumes the writes, encodes and saves the file.
+/// without the lock, resumes the writes, leaves out compacted history (if removal is still
+/// under way), encodes and saves the file.
 fn build(shared: &SmShared, dir: &Path) -> io::Result<Snapshot> {
     let started = Instant::now();
-    let (meta, suspended) = {
-        let mut inner = shared.write();
+    let (meta, garbage_possible, suspended) = {
+        let mut inner = shared.write(Holder::SnapshotBuild);
         // The snapshot is read from the tree, and the log is purged behind it: everything
         // applied must be in the tree first.
         inner.write_unwritten(shared)?;
@@ -78,7 +85,8 @@ fn build(shared: &SmShared, dir: &Path) -> io::Result<Snapshot> {
             last_log_id: inner.last_applied,
             last_membership: inner.membership.clone(),
         };
-        (meta, shared.suspend_writes(&mut inner))
+        let garbage_possible = inner.mvcc.compaction_pending();
+        (meta, garbage_possible, shared.suspend_writes(&mut inner))
     };
     #[cfg(test)]
     shared.run_scan_hook();
@@ -93,6 +101,13 @@ fn build(shared: &SmShared, dir: &Path) -> io::Result<Snapshot> {
     }
     drop(suspended);
     let scan_ms = started.elapsed().as_millis() as u64;
+    // Decodes every history record up to the compact revision: only worth it while a removal
+    // pass is still running (a finished pass leaves nothing to drop).
+    let dropped = if garbage_possible {
+        drop_compacted(&mut records).map_err(io_err)?
+    } else {
+        0
+    };
     let data = bincode::serialize(&SnapshotPayload { records }).map_err(io_err)?;
     let stored = StoredSnapshot { meta, data };
     save_snapshot_file(dir, &stored)?;
@@ -101,6 +116,7 @@ fn build(shared: &SmShared, dir: &Path) -> io::Result<Snapshot> {
         ?index,
         bytes = stored.data.len(),
         scan_ms,
+        compacted_left_out = dropped,
         total_ms = started.elapsed().as_millis() as u64,
         "built snapshot"
     );
@@ -119,9 +135,9 @@ fn install(
     meta: SnapshotMeta,
     data: SnapshotData,
 ) -> io::Result<()> {
-    shared.write().check_running()?;
+    shared.write(Holder::SnapshotInstall).check_running()?;
     let payload: SnapshotPayload = bincode::deserialize(&data).map_err(io_err)?;
-    let suspended = shared.suspend_writes(&mut shared.write());
+    let suspended = shared.suspend_writes(&mut shared.write(Holder::SnapshotInstall));
     // One batch: sled applies it atomically, so a crash leaves the old state or the new. The
     // keys to remove are listed without the lock: with deferred writes suspended and builds
     // held off by the gate nothing changes the tree, and openraft applies entries on the task
@@ -146,7 +162,7 @@ fn install(
         // The rewrite and the new keyspace's open happen under the lock: a reader still on the
         // old index must never load history from the new tree. (Opening the keyspace from the
         // payload instead of the tree would shorten this; not done yet.)
-        let mut inner = shared.write();
+        let mut inner = shared.write(Holder::SnapshotInstall);
         if let Err(e) = shared.write_batch(batch) {
             return Err(inner.fail(io_err(e), "writing an installed snapshot to sled"));
         }
@@ -161,6 +177,9 @@ fn install(
         shared.hub.reset(&inner.mvcc);
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
+        if inner.mvcc.compaction_pending() {
+            shared.cleanup_wake.notify_one();
+        }
     }
     drop(suspended);
     db.flush().map_err(io_err)?;
