@@ -57,6 +57,7 @@ pub struct NodeStatus {
     pub member_id: u64,
     /// 0 while the node knows no leader.
     pub leader: u64,
+    pub raft_term: u64,
 }
 
 /// Maintenance.Status of one endpoint, over `ch`.
@@ -74,6 +75,7 @@ pub async fn status(ch: Channel) -> anyhow::Result<NodeStatus> {
     Ok(NodeStatus {
         member_id,
         leader: r.leader,
+        raft_term: r.raft_term,
     })
 }
 
@@ -149,16 +151,21 @@ pub fn share(count: usize, workers: usize, w: usize) -> usize {
 
 /// Resident set size of a process in KiB (from /proc/<pid>/status, VmRSS).
 pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    proc_status_kib(pid, "VmRSS")
+}
+
+/// A KiB field of /proc/<pid>/status (`VmRSS`, `VmHWM` — the peak RSS, …).
+pub fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let line = s
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS line")?;
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+        .with_context(|| format!("no {field} line"))?;
     let kib = line
         .split_whitespace()
         .nth(1)
-        .context("malformed VmRSS")?
+        .with_context(|| format!("malformed {field}"))?
         .parse()?;
     Ok(kib)
 }

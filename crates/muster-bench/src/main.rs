@@ -13,6 +13,8 @@
 //! - `failover-external`: SIGKILL the leader of a running cluster under write load; the write
 //!   gap, recovery times and lost acknowledged writes.
 //! - `failover`: an in-process 3-node Muster cluster; leader kills and recovery times.
+//! - `overload`: thousands of concurrent clients at once; counts per outcome (ok, refused,
+//!   unavailable, deadline), latencies, leader/term before and after, peak RSS.
 //! - `footprint`: VmRSS of server processes and disk use of their data directories.
 //! - `report`: the side-by-side markdown table of a `scripts/bench-vs-etcd.sh` run.
 //!
@@ -23,7 +25,8 @@
 //! # Layout
 //! - `main.rs`: the command line.
 //! - `load.rs`: the closed-loop driver (W workers, one request in flight each).
-//! - `kv.rs`, `lease.rs`, `registry.rs`, `watch.rs`, `failover.rs`: the benchmarks.
+//! - `kv.rs`, `lease.rs`, `registry.rs`, `watch.rs`, `failover.rs`, `overload.rs`: the
+//!   benchmarks.
 //! - `footprint.rs`, `report.rs`: resource use and the comparison table.
 //! - `common.rs`: connections, the leader lookup, keys, progress; `stats.rs`: percentiles and
 //!   result output.
@@ -34,6 +37,7 @@ mod footprint;
 mod kv;
 mod lease;
 mod load;
+mod overload;
 mod registry;
 mod report;
 mod stats;
@@ -196,6 +200,8 @@ enum Cmd {
         #[arg(long)]
         production_timing: bool,
     },
+    /// Many more concurrent clients than the cluster serves at once (back-pressure).
+    Overload(overload::Overload),
     /// VmRSS of server processes and disk use of data directories.
     Footprint {
         #[arg(long, value_delimiter = ',')]
@@ -329,6 +335,7 @@ async fn run(args: Args) -> anyhow::Result<Option<serde_json::Value>> {
             rounds,
             production_timing,
         } => failover::bench_failover(rounds, production_timing).await?,
+        Cmd::Overload(o) => overload::bench_overload(&ordered, o, deadline).await?,
         Cmd::Footprint { pid, dir, label } => footprint::footprint(&label, &pid, &dir)?,
         Cmd::Report { dir } => {
             print!("{}", report::render(&dir)?);

@@ -63,6 +63,59 @@ pub struct NodeConfig {
     /// anyway (the MVCC index), so the cache mostly serves the log tail and old revisions;
     /// sled's own default (1 GiB) would only grow the node's RSS.
     pub store_cache_bytes: u64,
+    /// Back-pressure: queue and concurrency bounds past which requests are refused at once.
+    pub backpressure: BackpressureConfig,
+}
+
+/// Back-pressure (docs/design.md, Back-pressure). Past any of these bounds a request is refused
+/// at once with ResourceExhausted "etcdserver: too many requests" instead of queueing without
+/// limit. Defaults are far above what 64 clients per node need, so they cost no throughput.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackpressureConfig {
+    /// Most writes queued or being proposed on this node's Raft (client writes while it leads,
+    /// and writes forwarded to it by followers), and, on a follower, most writes queued or in
+    /// flight to the leader. Each queue is bounded on its own.
+    pub queue_commands: usize,
+    /// The same queues bounded by the commands' estimated size, in bytes. A single command
+    /// larger than this is still taken when its queue is empty.
+    pub queue_bytes: usize,
+    /// Most linearizable reads (and read barriers) waiting for a read-index round on this node.
+    pub read_queue: usize,
+    /// Most client calls handled at once on the client port, across all connections; a call
+    /// past it is refused at once. Unary calls count until answered; streams (Watch,
+    /// LeaseKeepAlive, Registry Subscribe, Snapshot) only while they open.
+    pub max_concurrent_requests: usize,
+    /// Most client calls handled at once on one connection (counted like the global bound);
+    /// further calls on that connection wait for a slot, so one client cannot take the whole
+    /// global bound.
+    pub max_concurrent_requests_per_connection: usize,
+}
+
+impl Default for BackpressureConfig {
+    fn default() -> Self {
+        BackpressureConfig {
+            queue_commands: 8192,
+            queue_bytes: 64 << 20,
+            read_queue: 8192,
+            max_concurrent_requests: 4096,
+            max_concurrent_requests_per_connection: 1024,
+        }
+    }
+}
+
+impl BackpressureConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.queue_commands == 0
+            || self.queue_bytes == 0
+            || self.read_queue == 0
+            || self.max_concurrent_requests == 0
+            || self.max_concurrent_requests_per_connection == 0
+        {
+            return Err(invalid("backpressure", "every bound must be ≥ 1"));
+        }
+        Ok(())
+    }
 }
 
 /// Watch streams. Memory bound: per watcher, a live queue of at most `queue_events` events
@@ -219,6 +272,7 @@ impl Default for NodeConfig {
             lease: LeaseConfig::default(),
             watch: WatchConfig::default(),
             store_cache_bytes: 64 * 1024 * 1024,
+            backpressure: BackpressureConfig::default(),
         }
     }
 }
@@ -309,6 +363,7 @@ impl NodeConfig {
         {
             return Err(invalid("watch", "every bound must be ≥ 1"));
         }
+        self.backpressure.validate()?;
         Ok(())
     }
 
@@ -448,6 +503,25 @@ mod tests {
                 .expect("toml");
         assert_eq!(c.watch.progress_interval, Duration::from_secs(2));
         assert_eq!(c.watch.max_watchers_per_stream, 5);
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn validates_backpressure_bounds() {
+        let mut c = NodeConfig::default();
+        c.backpressure.queue_bytes = 0;
+        assert!(c.validate().is_err());
+        let mut c = NodeConfig::default();
+        c.backpressure.max_concurrent_requests = 0;
+        assert!(c.validate().is_err());
+        let c: NodeConfig =
+            toml::from_str("[backpressure]\nqueue_commands = 64\nread_queue = 32\n").expect("toml");
+        assert_eq!(c.backpressure.queue_commands, 64);
+        assert_eq!(c.backpressure.read_queue, 32);
+        assert_eq!(
+            c.backpressure.queue_bytes,
+            BackpressureConfig::default().queue_bytes
+        );
         assert_eq!(c.validate(), Ok(()));
     }
 

@@ -25,6 +25,10 @@ pub enum RaftPathError {
     LeaderUnreachable { addr: String, reason: String },
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// A bounded queue or the client port's concurrency bound is full (etcd's text: clients
+    /// match on it). Nothing was proposed, so the request may be sent again after a back-off.
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     #[error("raft stopped: {reason}")]
     Fatal { reason: String },
     #[error("raft: {reason}")]
@@ -88,6 +92,7 @@ impl From<ServerError> for tonic::Status {
                 | RaftPathError::CommitUnknown
                 | RaftPathError::LeaderUnreachable { .. }
                 | RaftPathError::Timeout => Code::Unavailable,
+                RaftPathError::TooManyRequests => Code::ResourceExhausted,
                 RaftPathError::Rejected { .. } => Code::FailedPrecondition,
                 RaftPathError::Invalid { .. } => Code::InvalidArgument,
                 RaftPathError::Fatal { .. } | RaftPathError::Internal { .. } => Code::Internal,
@@ -149,5 +154,11 @@ mod tests {
                 .and_then(|v| v.to_str().ok()),
             Some("h:1")
         );
+        let s: tonic::Status = ServerError::from(RaftPathError::TooManyRequests).into();
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(s.message(), "etcdserver: too many requests");
+        let s: tonic::Status = ServerError::from(RaftPathError::Timeout).into();
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert_eq!(s.message(), "etcdserver: request timed out");
     }
 }

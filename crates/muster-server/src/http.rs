@@ -153,6 +153,48 @@ pub fn render_metrics(node: &Node, leases: &LeaseKeeper) -> String {
     }
     let rounds = node.read_rounds.stats();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    // Back-pressure: requests refused because a bound was reached, and queued work dropped
+    // because its caller had left.
+    let refusals = [
+        (
+            "muster_proposals_refused_total",
+            "Writes refused because the proposal queue was full.",
+            load(&node.proposer.stats().refused),
+        ),
+        (
+            "muster_proposals_abandoned_total",
+            "Queued proposals discarded unsent because their caller had given up.",
+            load(&node.proposer.stats().abandoned),
+        ),
+        (
+            "muster_forwards_refused_total",
+            "Writes refused because the forward queue to the leader was full.",
+            load(&node.forwarders.stats().refused),
+        ),
+        (
+            "muster_forwards_abandoned_total",
+            "Queued forwards discarded unsent because their caller had given up.",
+            load(&node.forwarders.stats().abandoned),
+        ),
+        (
+            "muster_reads_refused_total",
+            "Linearizable reads refused because the read-index queue was full.",
+            load(&rounds.refused),
+        ),
+        (
+            "muster_client_calls_refused_total",
+            "Client calls refused because the client port's global bound was reached.",
+            load(&node.client_permits.refused),
+        ),
+    ];
+    for (name, help, value) in refusals {
+        gauge(name, help, value as f64);
+    }
+    gauge(
+        "muster_client_calls_in_flight",
+        "Client calls being handled now (counted against the global bound).",
+        node.client_permits.in_use() as f64,
+    );
     gauge(
         "muster_linearizable_reads_total",
         "Linearizable reads (and other read barriers) that asked for a read index.",

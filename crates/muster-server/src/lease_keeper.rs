@@ -21,7 +21,8 @@
 //!   (e.g. the registry): grant (TTL bounds, id choice), revoke, keep-alive, time-to-live, list.
 //!
 //! # Why a deposed leader never wrongly revokes
-//! - Expiry is proposed only through the local Raft (`Node::write_local`, never forwarded): a
+//! - Expiry is proposed only through the local Raft (`Node::write_local_exempt`, never
+//!   forwarded, and never refused by the proposal queue's back-pressure bound): a
 //!   node that no longer leads gets ForwardToLeader, and an entry proposed in a term that has
 //!   been superseded cannot commit (the new majority rejects the old term; Raft discards it).
 //! - The keeper acts only while Raft metrics say "leader" in the very term it took over in;
@@ -377,7 +378,7 @@ impl LeaseKeeper {
         let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
         let result = self
             .node
-            .write_local(Command::LeaseExpire { ids: ids.clone() })
+            .write_local_exempt(Command::LeaseExpire { ids: ids.clone() })
             .await;
         let applied_at = Instant::now();
         let mut st = self.state();

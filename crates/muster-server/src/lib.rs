@@ -2,6 +2,7 @@
 //! the client port, Raft between nodes on the peer port, HTTP health and metrics on a third.
 //!
 //! Layout (one step of the data path per file):
+//! - [`admission`]: the client port's global concurrency bound and the client's deadline.
 //! - [`config`]: [`config::NodeConfig`], defaults and validation.
 //! - [`conn`]: accepted connections that are cut when the node stops.
 //! - [`server`]: binds ports, starts the node, serves every service.
@@ -12,15 +13,18 @@
 //! - [`lease_keeper`]: leader-only lease deadlines, the expiry reaper, lease operations.
 //! - [`membership`]: member add/promote/remove on the leader (forwarded from followers).
 //! - [`network`]: the Raft network, client side (peer channels, bincode payloads).
+//! - [`faults`]: fault injection on peer calls (block, black-hole, delay, drop), for tests.
 //! - [`peer_auth`]: the peer secret: attached to every peer call, checked on the peer port.
 //! - [`services`]: the service layer (kv, lease, registry, cluster) every front door calls.
 //! - [`grpc`]: one file per gRPC service: decode, call a service, encode.
 //! - [`error`]: the server's errors and their single mapping to gRPC status.
 //! - [`http`]: /health, /ready, /metrics.
 
+pub mod admission;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod faults;
 mod forward_stream;
 pub mod grpc;
 pub mod http;

@@ -8,8 +8,11 @@
 //! answer) and each costs one DATA frame instead of a whole unary call (headers, trailers,
 //! routing) on both ends. A request left unanswered for the RPC deadline, or an injected
 //! partition, ends the stream with an error; openraft then opens a new one.
+//!
+//! [`PeerChannels`] is also the one fault point (tests): every path here and in
+//! `forward_stream.rs` asks its [`Faults`] about each message.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +36,7 @@ use serde::Serialize;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::faults::{Faults, Verdict};
 use crate::peer_auth::{AttachToken, PeerToken};
 
 /// A RaftTransport client whose every request carries the peer secret.
@@ -47,6 +51,10 @@ pub enum PeerError {
     Rpc { addr: String, status: tonic::Status },
     #[error("{addr} is unreachable (injected fault)")]
     Blocked { addr: String },
+    #[error("message to {addr} dropped (injected fault)")]
+    Dropped { addr: String },
+    #[error("no answer from {addr} within {after:?}")]
+    TimedOut { addr: String, after: Duration },
     #[error("payload codec: {0}")]
     Codec(#[from] bincode::Error),
 }
@@ -56,12 +64,14 @@ impl PeerError {
     /// retrying it elsewhere cannot apply it twice.
     pub fn was_not_sent(&self) -> bool {
         match self {
-            PeerError::Blocked { .. } | PeerError::BadAddress { .. } => true,
+            PeerError::Blocked { .. }
+            | PeerError::Dropped { .. }
+            | PeerError::BadAddress { .. } => true,
             PeerError::Rpc { status, .. } => {
                 status.code() == tonic::Code::Unavailable
                     && status.message().contains("connect error")
             }
-            PeerError::Codec(_) => false,
+            PeerError::Codec(_) | PeerError::TimedOut { .. } => false,
         }
     }
 }
@@ -72,10 +82,10 @@ pub struct PeerChannels {
     token: Arc<PeerToken>,
     /// Largest message a peer call may send or receive (see [`crate::server::peer_message_limit`]).
     max_message_bytes: usize,
-    /// Fault injection for tests: peer addresses this node cannot reach (a partition is a
-    /// pair of such blocks). The one place faults are injected, so every node-to-node path
-    /// (replication, votes, snapshots, forwarding, read index) sees them.
-    blocked: Mutex<HashSet<String>>,
+    /// Fault injection for tests (a partition is a pair of blocks). The one place faults are
+    /// injected, so every node-to-node path (replication, votes, snapshots, forwarding, read
+    /// index) sees them.
+    faults: Faults,
 }
 
 impl PeerChannels {
@@ -85,7 +95,7 @@ impl PeerChannels {
             channels: Mutex::default(),
             token: Arc::new(token),
             max_message_bytes,
-            blocked: Mutex::default(),
+            faults: Faults::default(),
         }
     }
 
@@ -94,27 +104,47 @@ impl PeerChannels {
         self.token.clone()
     }
 
-    /// Makes `addr` unreachable from this node (fault injection).
+    /// Makes `addr` unreachable from this node: calls fail at once (fault injection).
     pub fn block(&self, addr: &str) {
-        self.blocked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(addr.to_string());
+        self.faults.block(addr);
+    }
+
+    /// This node's calls to `addr` are accepted and never answered (fault injection).
+    pub fn black_hole(&self, addr: &str) {
+        self.faults.black_hole(addr);
+    }
+
+    /// This node's messages to `addr` are held `delay` before they leave (fault injection).
+    pub fn delay(&self, addr: &str, delay: Duration) {
+        self.faults.delay(addr, delay);
+    }
+
+    /// This node's messages to `addr` are lost with probability `p` (fault injection).
+    pub fn drop_messages(&self, addr: &str, p: f64) {
+        self.faults.drop_messages(addr, p);
+    }
+
+    /// Seeds the RNG that decides drops.
+    pub fn seed_faults(&self, seed: u64) {
+        self.faults.seed(seed);
     }
 
     /// Removes every injected fault.
     pub fn heal(&self) {
-        self.blocked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.faults.heal();
     }
 
     pub(crate) fn is_blocked(&self, addr: &str) -> bool {
-        self.blocked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(addr)
+        self.faults.is_blocked(addr)
+    }
+
+    pub(crate) fn is_black_holed(&self, addr: &str) -> bool {
+        self.faults.is_black_holed(addr)
+    }
+
+    /// The injected fate of one message to `addr`.
+    pub(crate) fn verdict(&self, addr: &str) -> Verdict {
+        self.faults.verdict(addr)
     }
 
     /// The channel to `addr`, created (lazily connecting) on first use.
@@ -155,7 +185,8 @@ pub(crate) fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, bincode:
     bincode::deserialize(&p.data)
 }
 
-/// Calls one unary RaftTransport rpc with a deadline, returning the decoded reply.
+/// Calls one unary RaftTransport rpc with a deadline, returning the decoded reply. Injected
+/// faults apply first (a black-holed call waits out its whole deadline).
 pub(crate) async fn call<Req, Resp, F, Fut>(
     peers: &PeerChannels,
     addr: &str,
@@ -169,14 +200,36 @@ where
     F: FnOnce(PeerClient, tonic::Request<RaftPayload>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
 {
-    if peers.is_blocked(addr) {
-        return Err(PeerError::Blocked {
-            addr: addr.to_string(),
-        });
+    let timed_out = || PeerError::TimedOut {
+        addr: addr.to_string(),
+        after: timeout,
+    };
+    let delay = match peers.verdict(addr) {
+        Verdict::Pass { delay } => delay,
+        Verdict::Blocked => {
+            return Err(PeerError::Blocked {
+                addr: addr.to_string(),
+            })
+        }
+        Verdict::Dropped => {
+            return Err(PeerError::Dropped {
+                addr: addr.to_string(),
+            })
+        }
+        Verdict::BlackHole => {
+            tokio::time::sleep(timeout).await;
+            return Err(timed_out());
+        }
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay.min(timeout)).await;
     }
+    let Some(left) = timeout.checked_sub(delay).filter(|l| !l.is_zero()) else {
+        return Err(timed_out());
+    };
     let client = peers.client(addr)?;
     let mut request = tonic::Request::new(encode(req)?);
-    request.set_timeout(timeout);
+    request.set_timeout(left);
     let reply = f(client, request).await.map_err(|status| PeerError::Rpc {
         addr: addr.to_string(),
         status,
@@ -218,7 +271,9 @@ fn to_rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<TypeConfig, E> {
         PeerError::Rpc { status, .. } if status.code() == tonic::Code::Unavailable => {
             RPCError::Unreachable(Unreachable::new(&e))
         }
-        PeerError::Blocked { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+        PeerError::Blocked { .. } | PeerError::Dropped { .. } => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
         _ => RPCError::Network(NetworkError::new(&e)),
     }
 }
@@ -294,6 +349,8 @@ fn append_replies(
                         let addr = st.addr.clone();
                         break Err(to_rpc_error(PeerError::Rpc { addr, status }));
                     }
+                    // A black hole swallows answers too.
+                    Some(Ok(_)) if st.peers.is_black_holed(&st.addr) => continue,
                     Some(Ok(payload)) => {
                         lock_outstanding(&st.outstanding).pop_front();
                         st.window.add_permits(1);
@@ -347,7 +404,6 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let mut client = peers.client(&addr).map_err(to_rpc_error)?;
             let outstanding: Outstanding = Arc::default();
             let sent = outstanding.clone();
-            let (cut_peers, cut_addr) = (peers.clone(), addr.clone());
             // At most APPEND_WINDOW requests out: the next is taken from openraft only once
             // an answer frees a slot.
             let window = Arc::new(tokio::sync::Semaphore::new(APPEND_WINDOW));
@@ -357,31 +413,60 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 let req = input.next().await?;
                 Some((req, (input, gate)))
             });
-            // An encoding failure or an injected partition ends the requests; openraft then
-            // gets the answers to what was sent and opens a new stream.
-            let mut requests = Box::pin(
-                gated
-                    .map(|req| encode(&req))
-                    .take_while(move |r| {
-                        std::future::ready(r.is_ok() && !cut_peers.is_blocked(&cut_addr))
-                    })
-                    .filter_map(move |r| {
-                        if r.is_ok() {
-                            lock_outstanding(&sent).push_back(Instant::now());
+            // Each request meets the injected faults (a delay is served here) and is encoded.
+            let judge_peers = peers.clone();
+            let judge_addr = addr.clone();
+            let judged = gated.then(move |req| {
+                let verdict = judge_peers.verdict(&judge_addr);
+                async move {
+                    if let Verdict::Pass { delay } = verdict {
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
                         }
-                        std::future::ready(r.ok())
-                    }),
+                    }
+                    (verdict, encode(&req))
+                }
+            });
+            // An encoding failure or an injected block or drop ends the requests; openraft then
+            // gets the answers to what was sent and opens a new stream.
+            let cut: Arc<Mutex<Option<Verdict>>> = Arc::default();
+            let cut_by = cut.clone();
+            let mut judged = Box::pin(
+                judged
+                    .take_while(move |(verdict, r)| {
+                        let ended = matches!(verdict, Verdict::Blocked | Verdict::Dropped);
+                        if ended {
+                            *cut_by.lock().unwrap_or_else(|p| p.into_inner()) = Some(*verdict);
+                        }
+                        std::future::ready(r.is_ok() && !ended)
+                    })
+                    .filter_map(|(verdict, r)| std::future::ready(r.ok().map(|p| (verdict, p)))),
             );
             // The stream is opened only once openraft hands over its first request: producing
             // it runs openraft's back-off, so an unreachable peer is retried at the back-off's
             // pace instead of in a tight loop of failing opens.
-            let Some(first) = requests.next().await else {
-                if peers.is_blocked(&addr) {
-                    return Err(to_rpc_error(PeerError::Blocked { addr }));
-                }
-                return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
+            let Some((verdict, first)) = judged.next().await else {
+                let cut = *cut.lock().unwrap_or_else(|p| p.into_inner());
+                return match cut {
+                    Some(Verdict::Blocked) => Err(to_rpc_error(PeerError::Blocked { addr })),
+                    Some(Verdict::Dropped) => Err(to_rpc_error(PeerError::Dropped { addr })),
+                    _ => Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>),
+                };
             };
-            let requests = futures::stream::once(std::future::ready(first)).chain(requests);
+            if verdict == Verdict::BlackHole {
+                // A black-holed peer never answers the open either.
+                tokio::time::sleep(timeout).await;
+                let status = tonic::Status::deadline_exceeded("opening the append stream");
+                return Err(to_rpc_error(PeerError::Rpc { addr, status }));
+            }
+            lock_outstanding(&sent).push_back(Instant::now());
+            // A black-holed request counts as sent and is never answered: the reply deadline
+            // ends the stream.
+            let rest = judged.filter_map(move |(verdict, p)| {
+                lock_outstanding(&sent).push_back(Instant::now());
+                std::future::ready((verdict != Verdict::BlackHole).then_some(p))
+            });
+            let requests = futures::stream::once(std::future::ready(first)).chain(rest);
             let opened = tokio::time::timeout(timeout, client.append_stream(requests)).await;
             let replies = match opened {
                 Ok(Ok(resp)) => resp.into_inner(),

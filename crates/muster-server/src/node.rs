@@ -10,10 +10,11 @@ use muster_store::raft::state_machine::{SmShared, StateMachineStore};
 use muster_store::raft::{Member, NodeId, Raft};
 use openraft::SnapshotPolicy;
 
+use crate::admission::ClientPermits;
 use crate::config::NodeConfig;
 use crate::network::{NetworkFactory, PeerChannels};
 use crate::peer_auth::{PeerToken, PeerTokenError};
-use crate::propose::Proposer;
+use crate::propose::{Proposer, QueueBound};
 
 /// Failure to start a node.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,8 @@ pub struct Node {
     pub forwarders: crate::write::Forwarders,
     /// Read-index rounds shared by concurrent linearizable reads (see [`crate::read`]).
     pub read_rounds: crate::read::ReadRounds,
+    /// The client port's global bound on calls handled at once (see [`crate::admission`]).
+    pub client_permits: Arc<crate::admission::ClientPermits>,
     pub sm: Arc<SmShared>,
     pub config: NodeConfig,
     /// The address clients reach this node at (its client port).
@@ -129,10 +132,18 @@ impl Node {
             reason: e.to_string(),
         })?;
 
+        let bp = &config.backpressure;
+        let queue_bound = QueueBound {
+            commands: bp.queue_commands,
+            bytes: bp.queue_bytes,
+        };
+        let read_queue = bp.read_queue;
+        let client_permits = Arc::new(ClientPermits::new(bp.max_concurrent_requests));
         let node = Arc::new_cyclic(|weak| Node {
             id: config.node_id,
-            read_rounds: crate::read::ReadRounds::start(weak.clone()),
-            proposer: Proposer::start(raft.clone()),
+            read_rounds: crate::read::ReadRounds::start(weak.clone(), read_queue),
+            client_permits,
+            proposer: Proposer::start(raft.clone(), queue_bound, config.leader_wait),
             forwarders: Default::default(),
             raft,
             sm: shared,

@@ -12,11 +12,18 @@
 //! Each command of a batch is applied exactly as if it were its own entry (its own revision,
 //! its own response), so batching is invisible to clients: concurrent requests may be ordered
 //! either way, and a request sent after another's response always lands after it.
+//!
+//! Back-pressure: a queue holds at most [`QueueBound`] commands and bytes, counting those
+//! waiting and those in a send not yet answered; past it `submit` fails at once with the
+//! queue's "too many requests" error instead of letting memory and latency grow without end.
+//! A command whose caller gave up (its request was dropped at its deadline) before the loop
+//! took it is discarded unsent, and a proposal is bounded by `leader_wait`, so a queue never
+//! waits forever on behalf of requests nobody waits for.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use muster_store::raft::{Raft, TypeConfig};
 use muster_types::{Command, CommandResponse, LogEntry, ResponseBody};
@@ -35,28 +42,90 @@ pub const MAX_BATCH_COMMANDS: usize = 512;
 /// proposed, alone), so entries and AppendEntries messages stay well under the gRPC limits.
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
+/// How much one queue may hold: commands waiting or in a send not yet answered, and their
+/// estimated size ([`Command::approx_size`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBound {
+    pub commands: usize,
+    pub bytes: usize,
+}
+
+/// A queue's use of its bound.
+struct Budget {
+    bound: QueueBound,
+    /// (commands, bytes) admitted and not yet answered.
+    used: Mutex<(usize, usize)>,
+}
+
+impl Budget {
+    /// Takes room for one command of `bytes`, if there is any. A command larger than the whole
+    /// byte bound is taken when no other bytes are held, so it is not refused forever.
+    fn admit(self: &Arc<Self>, bytes: usize) -> Option<Admitted> {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let (commands, held) = *used;
+        if commands >= self.bound.commands || (held > 0 && held + bytes > self.bound.bytes) {
+            return None;
+        }
+        *used = (commands + 1, held + bytes);
+        Some(Admitted {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+}
+
+/// Room one command holds in its queue's budget until it is answered (or discarded).
+struct Admitted {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut used = self.budget.used.lock().unwrap_or_else(|p| p.into_inner());
+        used.0 = used.0.saturating_sub(1);
+        used.1 = used.1.saturating_sub(self.bytes);
+    }
+}
+
 type Reply<E> = oneshot::Sender<Result<CommandResponse, E>>;
 
 struct Pending<E> {
     cmd: Command,
     reply: Reply<E>,
+    /// None for commands exempt from the bound (see [`BatchQueue::submit_exempt`]).
+    admitted: Option<Admitted>,
 }
 
 /// A queue that sends whatever piled up while its slots were busy as one [`Command::Batch`]
 /// through `send`, and hands each caller its own response. Used for proposals on the leader
 /// ([`Proposer`]) and for a follower's forwards to the leader (`write.rs`). Cheap to clone.
 pub(crate) struct BatchQueue<E> {
+    /// Unbounded as a channel: [`Budget`] bounds what it holds, and refuses without waiting.
     tx: mpsc::UnboundedSender<Pending<E>>,
-    make_error: MakeError<E>,
+    errors: QueueErrors<E>,
+    budget: Arc<Budget>,
+    stats: Arc<BatchStats>,
 }
 
-impl<E> Clone for BatchQueue<E> {
+impl<E: Clone> Clone for BatchQueue<E> {
     fn clone(&self) -> Self {
         BatchQueue {
             tx: self.tx.clone(),
-            make_error: self.make_error,
+            errors: self.errors.clone(),
+            budget: self.budget.clone(),
+            stats: self.stats.clone(),
         }
     }
+}
+
+/// The errors a queue hands out itself.
+#[derive(Clone)]
+pub(crate) struct QueueErrors<E> {
+    /// For a stopped queue or a malformed batch response.
+    pub make: MakeError<E>,
+    /// For a command refused because the queue is full.
+    pub full: E,
 }
 
 /// Counters of a batch queue (or of several sharing them), for `/metrics`.
@@ -66,6 +135,10 @@ pub struct BatchStats {
     pub commands: AtomicU64,
     /// Sends (log entries proposed, or forward messages sent); commands / sends = mean batch.
     pub sends: AtomicU64,
+    /// Commands refused because the queue was full.
+    pub refused: AtomicU64,
+    /// Commands discarded unsent because their caller had given up before they were taken.
+    pub abandoned: AtomicU64,
 }
 
 /// Turns a message into the queue's error type (for a stopped queue or a malformed batch
@@ -79,7 +152,8 @@ impl<E: Clone + Send + 'static> BatchQueue<E> {
     pub(crate) fn start<F, Fut>(
         send: F,
         in_flight: usize,
-        make_error: MakeError<E>,
+        bound: QueueBound,
+        errors: QueueErrors<E>,
         stats: Arc<BatchStats>,
     ) -> Self
     where
@@ -87,16 +161,49 @@ impl<E: Clone + Send + 'static> BatchQueue<E> {
         Fut: Future<Output = Result<CommandResponse, E>> + Send + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(Arc::new(send), in_flight, make_error, stats, rx));
-        BatchQueue { tx, make_error }
+        let make = errors.make;
+        tokio::spawn(run(Arc::new(send), in_flight, make, stats.clone(), rx));
+        let budget = Arc::new(Budget {
+            bound,
+            used: Mutex::new((0, 0)),
+        });
+        BatchQueue {
+            tx,
+            errors,
+            budget,
+            stats,
+        }
     }
 
-    /// Queues `cmd` and waits for its own response.
+    /// Queues `cmd` and waits for its own response; fails at once with the queue's `full`
+    /// error when the queue holds its bound.
     pub(crate) async fn submit(&self, cmd: Command) -> Result<CommandResponse, E> {
-        let make_error = self.make_error;
+        let Some(admitted) = self.budget.admit(cmd.approx_size()) else {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(self.errors.full.clone());
+        };
+        self.enqueue(cmd, Some(admitted)).await
+    }
+
+    /// Like [`BatchQueue::submit`], outside the bound: for the few commands this node
+    /// originates itself (lease expiries), which must not be refused because clients flood it.
+    pub(crate) async fn submit_exempt(&self, cmd: Command) -> Result<CommandResponse, E> {
+        self.enqueue(cmd, None).await
+    }
+
+    async fn enqueue(
+        &self,
+        cmd: Command,
+        admitted: Option<Admitted>,
+    ) -> Result<CommandResponse, E> {
+        let make_error = self.errors.make;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Pending { cmd, reply })
+            .send(Pending {
+                cmd,
+                reply,
+                admitted,
+            })
             .map_err(|_| make_error("batch queue stopped".into()))?;
         rx.await
             .map_err(|_| make_error("batch queue dropped the request".into()))?
@@ -121,13 +228,19 @@ async fn run<E, F, Fut>(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
-            return;
+        let first = loop {
+            let Some(p) = rx.recv().await else {
+                return;
+            };
+            if !abandoned(&p, &stats) {
+                break p;
+            }
         };
         let mut bytes = first.cmd.approx_size();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
+                Ok(p) if abandoned(&p, &stats) => {}
                 Ok(p) => {
                     bytes += p.cmd.approx_size();
                     batch.push(p);
@@ -147,6 +260,16 @@ async fn run<E, F, Fut>(
     }
 }
 
+/// Whether `p`'s caller has given up (its request was dropped): then it is discarded unsent,
+/// which is safe since nothing of it was proposed, and frees its room in the queue.
+fn abandoned<E>(p: &Pending<E>, stats: &BatchStats) -> bool {
+    let gone = p.reply.is_closed();
+    if gone {
+        stats.abandoned.fetch_add(1, Ordering::Relaxed);
+    }
+    gone
+}
+
 async fn send_batch<E, F, Fut>(send: &F, make_error: MakeError<E>, mut batch: Vec<Pending<E>>)
 where
     E: Clone,
@@ -154,15 +277,32 @@ where
     Fut: Future<Output = Result<CommandResponse, E>>,
 {
     if batch.len() == 1 {
-        if let Some(p) = batch.pop() {
-            let _ = p.reply.send(send(p.cmd).await);
+        if let Some(Pending {
+            cmd,
+            reply,
+            admitted,
+        }) = batch.pop()
+        {
+            let r = send(cmd).await;
+            // Room is given back before the answer, so a caller that sends its next request
+            // on the answer finds it free.
+            drop(admitted);
+            let _ = reply.send(r);
         }
         return;
     }
-    let (cmds, replies): (Vec<Command>, Vec<Reply<E>>) =
-        batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+    let mut cmds = Vec::with_capacity(batch.len());
+    let mut replies: Vec<Reply<E>> = Vec::with_capacity(batch.len());
+    let mut admitted = Vec::with_capacity(batch.len());
+    for p in batch {
+        cmds.push(p.cmd);
+        replies.push(p.reply);
+        admitted.push(p.admitted);
+    }
     let count = replies.len();
-    match send(Command::Batch(cmds)).await {
+    let result = send(Command::Batch(cmds)).await;
+    drop(admitted);
+    match result {
         Ok(CommandResponse {
             result: Ok(ResponseBody::Batch(responses)),
             ..
@@ -200,16 +340,27 @@ fn internal(reason: String) -> RaftPathError {
 }
 
 impl Proposer {
-    /// Starts the batching loop over `raft`. Must be called inside a tokio runtime.
-    pub fn start(raft: Raft) -> Proposer {
+    /// Starts the batching loop over `raft`, holding at most `bound`; a proposal not applied
+    /// within `timeout` fails with Timeout (its outcome unknown), so one stuck proposal (a
+    /// leader that lost its quorum) cannot hold the queue forever. Must be called inside a
+    /// tokio runtime.
+    pub fn start(raft: Raft, bound: QueueBound, timeout: Duration) -> Proposer {
         let stats = Arc::new(BatchStats::default());
         let queue = BatchQueue::start(
             move |cmd| {
                 let raft = raft.clone();
-                async move { client_write(&raft, cmd).await }
+                async move {
+                    tokio::time::timeout(timeout, client_write(&raft, cmd))
+                        .await
+                        .unwrap_or(Err(RaftPathError::Timeout))
+                }
             },
             PROPOSALS_IN_FLIGHT,
-            internal,
+            bound,
+            QueueErrors {
+                make: internal,
+                full: RaftPathError::TooManyRequests,
+            },
             stats.clone(),
         );
         Proposer { queue, stats }
@@ -221,9 +372,15 @@ impl Proposer {
     }
 
     /// Proposes `cmd` and waits for it to be applied; fails with NotLeader when this node
-    /// does not lead.
+    /// does not lead, and with TooManyRequests at once when the queue is full.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, RaftPathError> {
         self.queue.submit(cmd).await
+    }
+
+    /// Like [`Proposer::propose`], never refused for a full queue: for commands this node
+    /// originates itself (lease expiries), whose number it bounds.
+    pub async fn propose_exempt(&self, cmd: Command) -> Result<CommandResponse, RaftPathError> {
+        self.queue.submit_exempt(cmd).await
     }
 }
 
@@ -263,3 +420,7 @@ async fn client_write(raft: &Raft, cmd: Command) -> Result<CommandResponse, Raft
         }),
     }
 }
+
+#[cfg(test)]
+#[path = "propose_tests.rs"]
+mod tests;

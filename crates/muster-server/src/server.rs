@@ -14,8 +14,13 @@ use muster_proto::raftpb::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::codegen::{http as h, Service};
 use tonic::service::interceptor::InterceptedService;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+use crate::admission::AdmissionLayer;
 use crate::config::NodeConfig;
 use crate::grpc::cluster_service::ClusterService;
 use crate::grpc::kv_service::KvService;
@@ -102,13 +107,20 @@ pub async fn start(config: NodeConfig) -> Result<RunningServer, StartError> {
     start_with_listeners(config, listeners).await
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled.
-fn serve(
-    router: tonic::transport::server::Router,
+/// Serves `router` (with the layers `L` around its services) on `listener` until `stop` is
+/// cancelled.
+fn serve<L>(
+    router: tonic::transport::server::Router<L>,
     listener: TcpListener,
     stop: CancellationToken,
     port: &'static str,
-) -> JoinHandle<()> {
+) -> JoinHandle<()>
+where
+    L: tower_layer::Layer<tonic::service::Routes> + Send + 'static,
+    L::Service: Service<h::Request<Body>, Response = h::Response<Body>> + Clone + Send + 'static,
+    <L::Service as Service<h::Request<Body>>>::Future: Send,
+    <L::Service as Service<h::Request<Body>>>::Error: Into<BoxError> + Send,
+{
     tokio::spawn(async move {
         let incoming = crate::conn::incoming(listener, stop.clone());
         if let Err(e) = router
@@ -146,9 +158,13 @@ pub async fn start_with_listeners(
     let services = Services::new(node.clone(), leases.clone());
 
     // The client port: client APIs only. RaftTransport is not served here, so a call to it
-    // is Unimplemented.
+    // is Unimplemented. Calls past the global bound are refused at once (`admission.rs`);
+    // tonic's per-connection bound makes one connection's excess wait for that connection.
+    let bp = &node.config.backpressure;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .concurrency_limit_per_connection(bp.max_concurrent_requests_per_connection)
+        .layer(AdmissionLayer::new(node.client_permits.clone()))
         .add_service(
             KvServer::new(KvService {
                 node: node.clone(),

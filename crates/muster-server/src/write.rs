@@ -9,6 +9,11 @@
 //! confirms its leadership with a quorum), in a round shared with concurrent reads
 //! ([`crate::read::ReadRounds`]), then waits until the local state machine has applied that far
 //! and serves locally.
+//!
+//! Every wait here is bounded: a write and a read barrier by min(`leader_wait`, the client's
+//! deadline) ([`crate::admission::request_deadline`]), a forward's answer and a read-index
+//! round by `leader_wait`. A bound that expires is Unavailable: "request timed out" when the
+//! outcome is unknown, "no leader" / "leader unreachable" when nothing was sent.
 
 use openraft::async_runtime::watch::WatchReceiver;
 use std::time::Duration;
@@ -19,12 +24,13 @@ use openraft::error::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
 use tokio::time::Instant;
 
+use crate::admission::request_deadline;
 use crate::error::{RaftPathError, ServerError};
-use crate::forward_stream::{ForwardStream, Forwarded, FORWARD_TIMEOUT};
+use crate::forward_stream::{ForwardStream, Forwarded};
 use crate::network::call;
 use crate::network::PeerChannels;
 use crate::node::Node;
-use crate::propose::{not_leader, BatchQueue, BatchStats};
+use crate::propose::{not_leader, BatchQueue, BatchStats, QueueBound, QueueErrors};
 use std::sync::Arc;
 
 fn forward_internal(reason: String) -> Forwarded {
@@ -52,7 +58,15 @@ impl Forwarders {
         &self.stats
     }
 
-    fn queue(&self, peers: &Arc<PeerChannels>, addr: &str) -> BatchQueue<Forwarded> {
+    /// The queue to the leader at `addr`, holding at most `bound`; each forward waits at most
+    /// `answer_timeout` for the leader's answer.
+    fn queue(
+        &self,
+        peers: &Arc<PeerChannels>,
+        addr: &str,
+        bound: QueueBound,
+        answer_timeout: Duration,
+    ) -> BatchQueue<Forwarded> {
         let mut queues = self
             .queues
             .lock()
@@ -63,14 +77,22 @@ impl Forwarders {
         // Leaders change rarely and addresses are members': the map stays small, but drop
         // queues of other addresses so a long-lived follower does not collect them.
         queues.clear();
-        let stream = Arc::new(ForwardStream::new(peers.clone(), addr.to_string()));
+        let stream = Arc::new(ForwardStream::new(
+            peers.clone(),
+            addr.to_string(),
+            answer_timeout,
+        ));
         let q = BatchQueue::start(
             move |cmd| {
                 let stream = stream.clone();
                 async move { stream.send(&cmd).await }
             },
             FORWARDS_IN_FLIGHT,
-            forward_internal,
+            bound,
+            QueueErrors {
+                make: forward_internal,
+                full: Forwarded::Failed(RaftPathError::TooManyRequests),
+            },
             self.stats.clone(),
         );
         queues.insert(addr.to_string(), q.clone());
@@ -80,9 +102,16 @@ impl Forwarders {
 
 impl Node {
     /// Proposes `cmd` on this node's Raft (batched with concurrent proposals, see
-    /// [`crate::propose`]); fails with NotLeader when it does not lead.
+    /// [`crate::propose`]); fails with NotLeader when it does not lead, and with
+    /// TooManyRequests at once when the proposal queue is full.
     pub async fn write_local(&self, cmd: Command) -> Result<CommandResponse, RaftPathError> {
         self.proposer.propose(cmd).await
+    }
+
+    /// Like [`Node::write_local`], never refused for a full queue: for the lease keeper's
+    /// expiries, which clients flooding the node must not hold back (the keeper bounds them).
+    pub async fn write_local_exempt(&self, cmd: Command) -> Result<CommandResponse, RaftPathError> {
+        self.proposer.propose_exempt(cmd).await
     }
 
     /// A client's write: validated ([`muster_types::Limits::check_command`], which also refuses
@@ -108,9 +137,10 @@ impl Node {
         self.write_local(cmd).await
     }
 
-    /// Applies `cmd` through the cluster: locally if leader, else forwarded one hop.
+    /// Applies `cmd` through the cluster: locally if leader, else forwarded one hop; gives up
+    /// at min(`leader_wait`, the client's deadline).
     async fn route_write(&self, cmd: Command) -> Result<CommandResponse, RaftPathError> {
-        let deadline = Instant::now() + self.config.leader_wait;
+        let deadline = request_deadline(self.config.leader_wait);
         loop {
             // A follower that knows the leader forwards at once; proposing locally first would
             // only cost a round trip through its Raft to learn the same thing.
@@ -119,13 +149,16 @@ impl Node {
                     leader_id: Some(id),
                     leader: Some(leader),
                 }),
-                _ => self.write_local(cmd.clone()).await,
+                // Past the deadline the proposal's outcome is unknown: it may still commit.
+                _ => tokio::time::timeout_at(deadline, self.write_local(cmd.clone()))
+                    .await
+                    .unwrap_or(Err(RaftPathError::Timeout)),
             };
             match local {
                 Err(RaftPathError::NotLeader {
                     leader_id: Some(id),
                     leader: Some(Member { addr, .. }),
-                }) if id != self.id => match self.forward(&addr, &cmd).await {
+                }) if id != self.id => match self.forward(&addr, &cmd, deadline).await {
                     // The leader we know of is gone and the request never left this node:
                     // wait for the election to move on, then retry (safe: nothing was sent).
                     Err(Forwarded::NotSent(e)) if Instant::now() < deadline => {
@@ -168,11 +201,25 @@ impl Node {
         }
     }
 
-    async fn forward(&self, addr: &str, cmd: &Command) -> Result<CommandResponse, Forwarded> {
-        self.forwarders
-            .queue(&self.peers, addr)
-            .submit(cmd.clone())
+    /// Forwards `cmd` to the leader at `addr`, giving up at `deadline` (outcome unknown: the
+    /// command may be on its way).
+    async fn forward(
+        &self,
+        addr: &str,
+        cmd: &Command,
+        deadline: Instant,
+    ) -> Result<CommandResponse, Forwarded> {
+        let bp = &self.config.backpressure;
+        let bound = QueueBound {
+            commands: bp.queue_commands,
+            bytes: bp.queue_bytes,
+        };
+        let queue = self
+            .forwarders
+            .queue(&self.peers, addr, bound, self.config.leader_wait);
+        tokio::time::timeout_at(deadline, queue.submit(cmd.clone()))
             .await
+            .unwrap_or(Err(Forwarded::Failed(RaftPathError::Timeout)))
     }
 
     /// Waits until some node is known as leader, or fails with NoLeader at `deadline`.
@@ -218,10 +265,13 @@ impl Node {
         }
     }
 
-    /// Blocks until this node's state machine reflects every write acknowledged before the call.
+    /// Blocks until this node's state machine reflects every write acknowledged before the call;
+    /// fails with Timeout at min(`leader_wait`, the client's deadline).
     pub async fn linearizable_barrier(&self) -> Result<(), RaftPathError> {
-        let deadline = Instant::now() + self.config.leader_wait;
-        let read_log_id = self.read_rounds.read_index().await?;
+        let deadline = request_deadline(self.config.leader_wait);
+        let read_log_id = tokio::time::timeout_at(deadline, self.read_rounds.read_index())
+            .await
+            .unwrap_or(Err(RaftPathError::Timeout))?;
         let timeout = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(100));
@@ -234,25 +284,30 @@ impl Node {
     }
 
     /// One read-index round: the log id a linearizable read must observe, from this node's Raft
-    /// when it leads, else from the leader. Called by [`crate::read::ReadRounds`] only, which
-    /// shares each round among the reads that arrived before it started.
+    /// when it leads, else from the leader; Timeout after `leader_wait`. Called by
+    /// [`crate::read::ReadRounds`] only, which shares each round among the reads that arrived
+    /// before it started.
     pub(crate) async fn fetch_read_index(&self) -> Result<LogId, RaftPathError> {
         let deadline = Instant::now() + self.config.leader_wait;
         loop {
-            match self.read_index_local().await {
+            let local = tokio::time::timeout_at(deadline, self.read_index_local())
+                .await
+                .unwrap_or(Err(RaftPathError::Timeout));
+            match local {
                 Ok(l) => return Ok(l),
                 Err(RaftPathError::NotLeader {
                     leader_id: Some(id),
                     leader: Some(Member { addr, .. }),
                 }) if id != self.id => {
-                    let r: Result<Result<LogId, RaftPathError>, _> = call(
-                        &self.peers,
-                        &addr,
-                        FORWARD_TIMEOUT,
-                        &(),
-                        |mut c, r| async move { c.read_index(r).await },
-                    )
-                    .await;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(RaftPathError::Timeout);
+                    }
+                    let r: Result<Result<LogId, RaftPathError>, _> =
+                        call(&self.peers, &addr, left, &(), |mut c, r| async move {
+                            c.read_index(r).await
+                        })
+                        .await;
                     match r {
                         Ok(Ok(l)) => return Ok(l),
                         // A read index is not a write: asking again is always safe while the

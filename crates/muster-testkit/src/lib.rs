@@ -3,6 +3,12 @@
 //! generated file in the cluster's temp dir. Kill, restart and wait helpers; no fixed ports, no sleeps
 //! used as synchronisation (every wait polls a condition against a deadline).
 //!
+//! Network faults go through each node's one fault point (`PeerChannels`, see
+//! `muster_server::faults`), per direction: [`TestCluster::block`], [`TestCluster::black_hole`],
+//! [`TestCluster::delay`], [`TestCluster::drop_messages`], [`TestCluster::isolate`];
+//! [`TestCluster::heal`] clears them all. Drops are drawn from an RNG seeded per node from
+//! `MUSTER_FAULT_SEED` (logged; a fixed seed by default), so a run can be replayed.
+//!
 //! Layout: [`TestCluster`] (this file); [`wait_until`] the one polling helper.
 
 use std::collections::BTreeMap;
@@ -81,6 +87,24 @@ impl JoinerListeners {
     }
 }
 
+/// The seed of the fault RNGs: `MUSTER_FAULT_SEED`, else a fixed one.
+fn fault_seed() -> u64 {
+    std::env::var("MUSTER_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed)
+}
+
+/// Seeds node `id`'s fault RNG from the cluster's seed.
+fn seed_faults(server: &RunningServer, id: u64) {
+    let seed = fault_seed();
+    tracing::debug!(node_id = id, seed, "fault RNG seeded (MUSTER_FAULT_SEED)");
+    server
+        .node
+        .peers
+        .seed_faults(seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+}
+
 /// A cluster of real nodes in this process.
 pub struct TestCluster {
     nodes: BTreeMap<u64, TestNode>,
@@ -126,6 +150,7 @@ impl TestCluster {
             };
             tweak(&mut config);
             let server = muster_server::start_with_listeners(config.clone(), listeners).await?;
+            seed_faults(&server, id);
             nodes.insert(
                 id,
                 TestNode {
@@ -323,6 +348,7 @@ impl TestCluster {
             },
         )
         .await??;
+        seed_faults(&server, id);
         n.server = Some(server);
         Ok(())
     }
@@ -417,6 +443,45 @@ impl TestCluster {
                 s.node.peers.block(&n.peer_addr.to_string());
             }
         }
+        Ok(())
+    }
+
+    /// The running node `from`'s fault point, and `to`'s peer address.
+    fn link(&self, from: u64, to: u64) -> anyhow::Result<(&Arc<Node>, String)> {
+        let to_addr = self
+            .nodes
+            .get(&to)
+            .map(|n| n.peer_addr.to_string())
+            .ok_or_else(|| anyhow!("no node {to}"))?;
+        Ok((self.node(from)?, to_addr))
+    }
+
+    /// `from`'s calls to `to` fail at once, known not sent (one direction of a partition).
+    pub fn block(&self, from: u64, to: u64) -> anyhow::Result<()> {
+        let (node, addr) = self.link(from, to)?;
+        node.peers.block(&addr);
+        Ok(())
+    }
+
+    /// `from`'s calls to `to` are accepted and never answered: the caller sees nothing until
+    /// its own deadline.
+    pub fn black_hole(&self, from: u64, to: u64) -> anyhow::Result<()> {
+        let (node, addr) = self.link(from, to)?;
+        node.peers.black_hole(&addr);
+        Ok(())
+    }
+
+    /// `from`'s messages to `to` are held `delay` before they leave.
+    pub fn delay(&self, from: u64, to: u64, delay: Duration) -> anyhow::Result<()> {
+        let (node, addr) = self.link(from, to)?;
+        node.peers.delay(&addr, delay);
+        Ok(())
+    }
+
+    /// `from`'s messages to `to` are lost with probability `p` (seeded, see the crate doc).
+    pub fn drop_messages(&self, from: u64, to: u64, p: f64) -> anyhow::Result<()> {
+        let (node, addr) = self.link(from, to)?;
+        node.peers.drop_messages(&addr, p);
         Ok(())
     }
 
