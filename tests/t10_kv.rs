@@ -364,8 +364,8 @@ async fn concurrent_writes_are_batched_yet_each_gets_its_own_revision() -> anyho
     }
     let node = cluster.node(leader)?;
     let (commands, entries) = (
-        node.proposer.stats().commands.load(Relaxed),
-        node.proposer.stats().sends.load(Relaxed),
+        node.proposal_stats().commands.load(Relaxed),
+        node.proposal_stats().sends.load(Relaxed),
     );
     assert!(
         entries < commands,
@@ -376,7 +376,7 @@ async fn concurrent_writes_are_batched_yet_each_gets_its_own_revision() -> anyho
         .into_iter()
         .filter(|id| *id != leader)
         .map(|id| {
-            let s = cluster.node(id).map(|n| n.forwarders.stats());
+            let s = cluster.node(id).map(|n| n.forward_stats());
             s.map(|s| (s.commands.load(Relaxed), s.sends.load(Relaxed)))
                 .unwrap_or((0, 0))
         })
@@ -432,7 +432,7 @@ async fn concurrent_linearizable_reads_share_rounds_and_see_prior_writes() -> an
         }
     }
     for (id, _) in &readers {
-        let stats = cluster.node(*id)?.read_rounds.stats();
+        let stats = cluster.node(*id)?.read_round_stats();
         let (reads, rounds) = (stats.reads.load(Relaxed), stats.rounds.load(Relaxed));
         assert!(
             reads >= (READERS * ROUNDS) as u64,

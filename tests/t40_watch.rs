@@ -320,7 +320,7 @@ async fn progress_revisions_are_honoured() -> anyhow::Result<()> {
 /// Asserts every watcher on node `id` stayed within its queue bounds (the hub records exact
 /// high-water marks, so no sampling can miss a peak); returns (watchers, times any lagged).
 fn hub_bounds_held(cluster: &Cluster, id: u64) -> anyhow::Result<(usize, u64)> {
-    let hub = cluster.node(id)?.sm.hub().clone();
+    let hub = cluster.node(id)?.sm().hub().clone();
     let all = hub.all_watcher_stats();
     for s in &all {
         assert!(
@@ -347,7 +347,7 @@ async fn slow_consumer_is_bounded_and_loses_nothing() -> anyhow::Result<()> {
     let cluster = Cluster::start(3).await?;
     let leader = cluster.wait_for_leader(T).await?;
     let follower = cluster.follower_of(leader);
-    let capacity = cluster.node(leader)?.config.watch.queue_events;
+    let capacity = cluster.node(leader)?.config().watch.queue_events;
 
     // Each watcher on its own connection: HTTP/2 flow control of the unread stream must not
     // stall the others.
@@ -440,7 +440,7 @@ async fn slow_consumer_is_bounded_and_loses_nothing() -> anyhow::Result<()> {
     assert!(lagged >= 1, "the slow watcher moved to catch-up");
     let slow_stats = cluster
         .node(leader)?
-        .sm
+        .sm()
         .hub()
         .all_watcher_stats()
         .into_iter()

@@ -75,7 +75,7 @@ impl Ctl {
 
 /// Waits until node `id` has `n` watchers, so writes made next are seen by a fresh etcdctl.
 async fn wait_watchers(cluster: &Cluster, id: u64, n: usize) -> anyhow::Result<()> {
-    let hub = cluster.node(id)?.sm.hub().clone();
+    let hub = cluster.node(id)?.sm().hub().clone();
     wait_until(T, "etcdctl's watcher to register", || {
         let hub = hub.clone();
         async move { (hub.stats().watchers >= n).then_some(()) }

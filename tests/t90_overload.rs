@@ -188,7 +188,7 @@ async fn overload_is_refused_at_once_and_loses_no_acknowledged_write() -> anyhow
         .running()
         .iter()
         .filter_map(|id| cluster.node(*id).ok())
-        .map(|node| node.client_permits.refused.load(Ordering::Relaxed))
+        .map(|node| node.client_permits().refused.load(Ordering::Relaxed))
         .sum();
     info!(
         ok = n(&c.ok),
@@ -398,7 +398,7 @@ async fn the_global_bound_refuses_at_once_and_open_streams_do_not_hold_it() -> a
     info!("--- step: two writes hang on a black-holed leader; a third call is refused at once");
     cluster.black_hole(follower, leader)?;
     let node = cluster.node(follower)?.clone();
-    let forwarded = || node.forwarders.stats().commands.load(Ordering::Relaxed);
+    let forwarded = || node.forward_stats().commands.load(Ordering::Relaxed);
     let before = forwarded();
     let hanging: Vec<_> = (0..2)
         .map(|i| {
@@ -421,7 +421,7 @@ async fn the_global_bound_refuses_at_once_and_open_streams_do_not_hold_it() -> a
     assert_eq!(status.message(), TOO_MANY);
     assert!(took < Duration::from_millis(500), "refused after {took:?}");
     assert_eq!(
-        node.client_permits.in_use(),
+        node.client_permits().in_use(),
         2,
         "the two writes hold the bound"
     );

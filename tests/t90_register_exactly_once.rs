@@ -200,9 +200,17 @@ async fn t90_ephemeral_register_is_one_entry_one_revision_and_expires() -> anyho
     let wall_after = now_ms();
     assert_ne!(first.lease_id, 0, "an ephemeral instance gets a lease");
     assert_eq!(first.revision, before + 1, "one revision for grant + put");
+    // The answer can come before Raft's metrics show the apply: wait for them, then count.
+    let expected = entries_before.map(|i| i + 1);
+    wait_until(
+        T,
+        "the leader's metrics to show the register applied",
+        || async { (leader_node.applied_index() >= expected).then_some(()) },
+    )
+    .await?;
     assert_eq!(
         leader_node.applied_index(),
-        entries_before.map(|i| i + 1),
+        expected,
         "one log entry for grant + put"
     );
     assert_eq!(

@@ -118,12 +118,12 @@ fn sample(
                     .entry((n.current_leader(), n.term()))
                     .or_default() += 1;
             }
-            let m = leader.raft.metrics().borrow_watched().clone();
+            let m = leader.raft().metrics().borrow_watched().clone();
             if let Some(acked) = &m.last_quorum_acked {
                 seen.max_quorum_ack_gap = seen.max_quorum_ack_gap.max(acked.elapsed());
             }
             for (id, acked) in m.heartbeat.iter().flatten() {
-                if *id == leader.id {
+                if *id == leader.id() {
                     continue;
                 }
                 if let Some(acked) = acked {
@@ -140,19 +140,19 @@ fn sample(
 async fn snapshot(node: &Arc<Node>, n: u64) -> anyhow::Result<(Duration, u64)> {
     let target = node.applied_index();
     let started = Instant::now();
-    node.raft.trigger().snapshot().await?;
+    node.raft().trigger().snapshot().await?;
     wait_until(deadline(n), "the snapshot to be built", || async {
         (node.snapshot_index() >= target).then_some(())
     })
     .await?;
-    let bytes = std::fs::metadata(node.config.data_dir.join("snapshot.bin"))?.len();
+    let bytes = std::fs::metadata(node.config().data_dir.join("snapshot.bin"))?.len();
     Ok((started.elapsed(), bytes))
 }
 
 /// A digest of every live key-value (metadata included), the current and compact revisions.
 fn digest(node: &Node) -> anyhow::Result<(u64, usize, i64, i64)> {
     use std::hash::{Hash, Hasher};
-    let inner = node.sm.read();
+    let inner = node.sm().read();
     let req = RangeRequest {
         range: KeyRange::new(vec![0], vec![0]),
         ..Default::default()
@@ -192,7 +192,7 @@ fn rss_mib() -> (u64, u64) {
 fn report_stats(phase: &str, cluster: &Cluster) -> anyhow::Result<u64> {
     let mut slow = 0;
     for id in cluster.running() {
-        let s = cluster.node(id)?.sm.stats();
+        let s = cluster.node(id)?.sm().stats();
         slow += s.slow_applies;
         println!(
             "t92: {phase}: node {id}: slow applies {}, longest apply {} ms, longest write-lock \
@@ -237,7 +237,7 @@ async fn snapshot_and_compaction_of_n_keys_cause_no_election() -> anyhow::Result
     );
     report_stats("after load", &cluster)?;
     for id in cluster.running() {
-        cluster.node(id)?.sm.reset_stats();
+        cluster.node(id)?.sm().reset_stats();
     }
 
     info!("--- step: snapshot, compact N records, snapshot mid-removal; sampling throughout");
@@ -272,12 +272,12 @@ async fn snapshot_and_compaction_of_n_keys_cause_no_election() -> anyhow::Result
         .expect_err("reads below the compact revision are refused at once");
     assert_eq!(muster_tests::status(err)?.code(), tonic::Code::OutOfRange);
     let (mid_build, mid_bytes) = snapshot(&leader_node, n).await?;
-    let mid_pending = leader_node.sm.read().mvcc.compaction_pending();
+    let mid_pending = leader_node.sm().read().mvcc.compaction_pending();
     for id in cluster.running() {
         let node = cluster.node(id)?.clone();
         wait_until(t, "compacted history to be removed", || {
             let node = node.clone();
-            async move { (!node.sm.read().mvcc.compaction_pending()).then_some(()) }
+            async move { (!node.sm().read().mvcc.compaction_pending()).then_some(()) }
         })
         .await?;
     }
@@ -348,7 +348,7 @@ async fn snapshot_and_compaction_of_n_keys_cause_no_election() -> anyhow::Result
     let fresh = cluster.node(new_id)?.clone();
     wait_until(t, "the new member's data to settle", || {
         let fresh = fresh.clone();
-        async move { (!fresh.sm.read().mvcc.compaction_pending()).then_some(()) }
+        async move { (!fresh.sm().read().mvcc.compaction_pending()).then_some(()) }
     })
     .await?;
     println!(

@@ -1,8 +1,9 @@
 //! The server's errors, and the one place they become gRPC statuses.
 
 use muster_store::error::StoreError;
-use muster_store::raft::Member;
+use muster_store::raft::{Member, TypeConfig};
 use muster_types::{ApplyError, ValidationError};
+use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataValue;
 
@@ -39,6 +40,56 @@ pub enum RaftPathError {
     /// error's).
     #[error("{reason}")]
     Invalid { reason: String },
+}
+
+// openraft's errors become ours here, and nowhere else.
+
+impl From<ForwardToLeader<TypeConfig>> for RaftPathError {
+    fn from(f: ForwardToLeader<TypeConfig>) -> Self {
+        match f.leader_id {
+            None => RaftPathError::NoLeader,
+            Some(id) => RaftPathError::NotLeader {
+                leader_id: Some(id),
+                leader: f.leader_node,
+            },
+        }
+    }
+}
+
+impl From<RaftError<TypeConfig, ClientWriteError<TypeConfig>>> for RaftPathError {
+    fn from(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Self {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => f.into(),
+            // The entry was appended and then overwritten by a new leader's log, or the
+            // leader stepped down before knowing: it may or may not be committed.
+            RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
+                RaftPathError::CommitUnknown
+            }
+            // Refused before appending: a membership change openraft does not allow now (one in
+            // progress, a learner not caught up), or an unmet precondition.
+            RaftError::APIError(e) => RaftPathError::Rejected {
+                reason: e.to_string(),
+            },
+            RaftError::Fatal(f) => RaftPathError::Fatal {
+                reason: f.to_string(),
+            },
+        }
+    }
+}
+
+impl From<RaftError<TypeConfig, LinearizableReadError<TypeConfig>>> for RaftPathError {
+    fn from(e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> Self {
+        match e {
+            RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => f.into(),
+            // Leadership not confirmed by a quorum in time: nothing was read.
+            RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)) => {
+                RaftPathError::Timeout
+            }
+            RaftError::Fatal(f) => RaftPathError::Fatal {
+                reason: f.to_string(),
+            },
+        }
+    }
 }
 
 /// Every error a request handler can return.

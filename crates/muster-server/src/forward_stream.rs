@@ -8,7 +8,7 @@
 //! The server side is `ForwardStream` in `grpc/raft_service.rs`.
 //!
 //! Delivery is reported as the caller needs it for retries: a command that never went onto an
-//! open stream is [`Forwarded::NotSent`] (no connection, or an injected partition), so it may
+//! open stream is [`Hop::NotSent`] (no connection, or an injected partition), so it may
 //! be retried once a new leader is known; a command whose stream broke before its answer came
 //! has an unknown outcome ([`RaftPathError::LeaderUnreachable`]), as a unary call cut off in
 //! flight would.
@@ -34,15 +34,7 @@ use tokio::sync::oneshot;
 use crate::error::RaftPathError;
 use crate::faults::Verdict;
 use crate::network::{decode, encode, PeerChannels, PeerError};
-
-/// How a forwarded write failed.
-#[derive(Clone)]
-pub(crate) enum Forwarded {
-    /// The command was not handed to the leader: nothing was proposed.
-    NotSent(String),
-    /// The leader answered with an error, or the outcome is unknown.
-    Failed(RaftPathError),
-}
+use crate::route::Hop;
 
 /// The longest opening the stream (connecting, the leader's response headers) may take; less
 /// when the answer timeout is shorter.
@@ -118,19 +110,19 @@ impl ForwardStream {
         }
     }
 
-    fn unreachable(&self, reason: String) -> Forwarded {
-        Forwarded::Failed(RaftPathError::LeaderUnreachable {
+    fn unreachable(&self, reason: String) -> Hop {
+        Hop::Failed(RaftPathError::LeaderUnreachable {
             addr: self.addr.clone(),
             reason,
         })
     }
 
     /// Sends `cmd` to the leader and waits for its answer.
-    pub(crate) async fn send(&self, cmd: &Command) -> Result<CommandResponse, Forwarded> {
+    pub(crate) async fn send(&self, cmd: &Command) -> Result<CommandResponse, Hop> {
         tracing::debug!(leader = self.addr, cmd = cmd.name(), "forwarding write");
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let payload = encode(&(id, cmd)).map_err(|e| {
-            Forwarded::Failed(RaftPathError::Internal {
+            Hop::Failed(RaftPathError::Internal {
                 reason: format!("encoding a forwarded write: {e}"),
             })
         })?;
@@ -139,11 +131,11 @@ impl ForwardStream {
         let swallowed = match self.peers.verdict(&self.addr) {
             Verdict::Blocked => {
                 let addr = self.addr.clone();
-                return Err(Forwarded::NotSent(PeerError::Blocked { addr }.to_string()));
+                return Err(Hop::NotSent(PeerError::Blocked { addr }.to_string()));
             }
             Verdict::Dropped => {
                 let addr = self.addr.clone();
-                return Err(Forwarded::NotSent(PeerError::Dropped { addr }.to_string()));
+                return Err(Hop::NotSent(PeerError::Dropped { addr }.to_string()));
             }
             Verdict::Pass { delay } => {
                 if !delay.is_zero() {
@@ -153,20 +145,20 @@ impl ForwardStream {
             }
             Verdict::BlackHole => true,
         };
-        let stream = self.stream().await.map_err(Forwarded::NotSent)?;
+        let stream = self.stream().await.map_err(Hop::NotSent)?;
         let (answer_tx, answer) = oneshot::channel();
         match lock(&stream.waiting).as_mut() {
             Some(w) => w.insert(id, answer_tx),
             // Broke just now: nothing of this command was sent.
-            None => return Err(Forwarded::NotSent("forward stream ended".into())),
+            None => return Err(Hop::NotSent("forward stream ended".into())),
         };
         // A black hole takes the command and never answers: it waits out its answer timeout.
         if !swallowed && stream.requests.unbounded_send(payload).is_err() {
             lock(&stream.waiting).as_mut().map(|w| w.remove(&id));
-            return Err(Forwarded::NotSent("forward stream closed".into()));
+            return Err(Hop::NotSent("forward stream closed".into()));
         }
         match tokio::time::timeout(self.answer_timeout, answer).await {
-            Ok(Ok(Ok(r))) => r.map_err(Forwarded::Failed),
+            Ok(Ok(Ok(r))) => r.map_err(Hop::Failed),
             Ok(Ok(Err(broken))) => Err(self.unreachable(broken)),
             Ok(Err(_)) => Err(self.unreachable("forward stream dropped the command".into())),
             Err(_) => {
@@ -331,7 +323,7 @@ mod tests {
         for s in sends {
             let (err, took) = s.await.expect("join");
             assert!(
-                matches!(err, Some(Forwarded::NotSent(_))),
+                matches!(err, Some(Hop::NotSent(_))),
                 "a black-holed open is not sent"
             );
             assert!(

@@ -9,6 +9,7 @@
 //! - [`node`]: opens storage and Raft, bootstraps the cluster; the handles services use.
 //! - [`read`]: the read path (read-index barrier, then the local state machine).
 //! - [`propose`]: proposal batching, the one door into the local Raft.
+//! - [`route`]: the one routing loop (here if leader, else one hop, else wait for a leader).
 //! - [`write`]: the write path (leader or one-hop forward) and the linearizable-read barrier.
 //! - [`lease_keeper`]: leader-only lease deadlines, the expiry reaper, lease operations.
 //! - [`membership`]: member add/promote/remove on the leader (forwarded from followers).
@@ -35,6 +36,7 @@ pub mod node;
 pub mod peer_auth;
 pub mod propose;
 pub mod read;
+pub mod route;
 pub mod server;
 pub mod services;
 pub mod write;

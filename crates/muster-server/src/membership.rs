@@ -14,9 +14,11 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
+use crate::admission::request_deadline;
 use crate::error::RaftPathError;
 use crate::network::call;
 use crate::node::Node;
+use crate::route::{Hop, Retry};
 
 /// A membership change, as forwarded to the leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,32 +42,16 @@ pub struct MembershipChanged {
     pub nodes: BTreeMap<NodeId, Member>,
 }
 
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A membership change may wait `leader_wait` for the previous change to settle, twice (an
+/// added voter is a learner first), and then for its own commit: it is bounded by this many
+/// `leader_wait`s.
+const MEMBERSHIP_WAITS: u32 = 3;
 /// How long a removed node keeps serving before it stops: long enough for in-flight answers
 /// (among them the MemberRemove that removed it, when it was asked) to reach their clients, and
 /// for the change to be committed (etcd stops a removed member about a second after applying).
 const REMOVED_GRACE: Duration = Duration::from_secs(1);
 
 type ChangeResult<T> = Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>;
-
-fn map_err(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RaftPathError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
-            None => RaftPathError::NoLeader,
-            Some(id) => RaftPathError::NotLeader {
-                leader_id: Some(id),
-                leader: f.leader_node,
-            },
-        },
-        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => RaftPathError::CommitUnknown,
-        RaftError::APIError(e) => RaftPathError::Rejected {
-            reason: e.to_string(),
-        },
-        RaftError::Fatal(f) => RaftPathError::Fatal {
-            reason: f.to_string(),
-        },
-    }
-}
 
 fn fresh_id(taken: &BTreeSet<NodeId>) -> NodeId {
     loop {
@@ -106,7 +92,7 @@ impl Node {
                     // Any metrics change may be the commit we wait for; the deadline bounds it.
                     let _ = tokio::time::timeout_at(deadline, metrics.changed()).await;
                 }
-                other => return other.map_err(map_err),
+                other => return other.map_err(RaftPathError::from),
             }
         }
     }
@@ -265,37 +251,29 @@ impl Node {
         Ok(summary)
     }
 
-    /// Applies `change` through the leader (forwarded one hop when this node follows).
+    /// Applies `change` through the leader (forwarded one hop when this node follows). Not
+    /// retried once the leader may have acted on it.
     pub async fn change_membership(
         &self,
         change: MembershipChange,
     ) -> Result<MembershipChanged, RaftPathError> {
-        let deadline = tokio::time::Instant::now() + self.config.leader_wait;
-        loop {
-            match self.change_membership_local(change.clone()).await {
-                Err(RaftPathError::NotLeader {
-                    leader_id: Some(id),
-                    leader: Some(Member { addr, .. }),
-                }) if id != self.id => {
-                    let r: Result<Result<MembershipChanged, RaftPathError>, _> = call(
-                        &self.peers,
-                        &addr,
-                        FORWARD_TIMEOUT,
-                        &change,
-                        |mut c, r| async move { c.change_membership(r).await },
-                    )
+        self.route(
+            request_deadline(MEMBERSHIP_WAITS * self.config.leader_wait),
+            Retry::WhenNothingDone,
+            |_| self.change_membership_local(change.clone()),
+            |addr, deadline| {
+                let change = &change;
+                async move {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let r = call(&self.peers, &addr, left, change, |mut c, r| async move {
+                        c.change_membership(r).await
+                    })
                     .await;
-                    return r.map_err(|e| RaftPathError::LeaderUnreachable {
-                        addr,
-                        reason: e.to_string(),
-                    })?;
+                    Hop::of_call(&addr, r)
                 }
-                Err(RaftPathError::NoLeader) | Err(RaftPathError::NotLeader { .. }) => {
-                    self.wait_for_leader(deadline).await?
-                }
-                other => return other,
-            }
-        }
+            },
+        )
+        .await
     }
 
     /// Records this node's client address in the membership (through the leader) once this

@@ -38,28 +38,29 @@ pub enum StartError {
     PeerToken(#[from] PeerTokenError),
 }
 
-/// One running Muster node's core: Raft, the state machine and peer channels.
+/// One running Muster node's core: Raft, the state machine and peer channels. Its parts are
+/// the crate's own; other crates (front doors, tests) reach them through the methods below.
 pub struct Node {
-    pub id: NodeId,
-    pub raft: Raft,
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft,
     /// Batches this node's proposals into log entries (see [`crate::propose`]).
-    pub proposer: Proposer,
+    pub(crate) proposer: Proposer,
     /// A follower's batched forwards to the leader.
-    pub forwarders: crate::write::Forwarders,
+    pub(crate) forwarders: crate::write::Forwarders,
     /// Read-index rounds shared by concurrent linearizable reads (see [`crate::read`]).
-    pub read_rounds: crate::read::ReadRounds,
+    pub(crate) read_rounds: crate::read::ReadRounds,
     /// The client port's global bound on calls handled at once (see [`crate::admission`]).
-    pub client_permits: Arc<crate::admission::ClientPermits>,
-    pub sm: Arc<SmShared>,
-    pub config: NodeConfig,
+    pub(crate) client_permits: Arc<crate::admission::ClientPermits>,
+    pub(crate) sm: Arc<SmShared>,
+    pub(crate) config: NodeConfig,
     /// The address clients reach this node at (its client port).
-    pub advertise: String,
+    pub(crate) advertise: String,
     /// The address peers reach this node at (its peer port); its address in the membership.
-    pub peer_advertise: String,
-    pub peers: Arc<PeerChannels>,
-    pub cluster_id: u64,
+    pub(crate) peer_advertise: String,
+    pub(crate) peers: Arc<PeerChannels>,
+    pub(crate) cluster_id: u64,
     /// The node's sled database (for size reporting and flushes).
-    pub db: sled::Db,
+    pub(crate) db: sled::Db,
     /// Set when the leader tells this node it was removed from the cluster.
     pub(crate) removed_flag: std::sync::atomic::AtomicBool,
     pub(crate) removed: tokio::sync::Notify,
@@ -214,6 +215,71 @@ impl Node {
                 reason: e.to_string(),
             })?;
         Ok(())
+    }
+
+    /// This node's id in the cluster.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This node's Raft handle (metrics, triggers; writes go through [`Node::write`]).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The state machine (reads; never hold its lock across an `.await`).
+    pub fn sm(&self) -> &Arc<SmShared> {
+        &self.sm
+    }
+
+    /// The configuration this node was started with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The address clients reach this node at (its client port).
+    pub fn advertise(&self) -> &str {
+        &self.advertise
+    }
+
+    /// The address peers reach this node at (its address in the membership).
+    pub fn peer_advertise(&self) -> &str {
+        &self.peer_advertise
+    }
+
+    /// This node's channels to its peers, and their fault injection (tests).
+    pub fn peers(&self) -> &Arc<PeerChannels> {
+        &self.peers
+    }
+
+    /// The cluster id (etcd's header field).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// The node's sled database (size reporting, flushes).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// The proposal queue's counters.
+    pub fn proposal_stats(&self) -> &crate::propose::BatchStats {
+        self.proposer.stats()
+    }
+
+    /// The forward queues' counters.
+    pub fn forward_stats(&self) -> &crate::propose::BatchStats {
+        self.forwarders.stats()
+    }
+
+    /// The read-index rounds' counters.
+    pub fn read_round_stats(&self) -> &crate::read::ReadRoundStats {
+        self.read_rounds.stats()
+    }
+
+    /// The client port's concurrency bound: calls in flight and refused.
+    pub fn client_permits(&self) -> &crate::admission::ClientPermits {
+        &self.client_permits
     }
 
     /// The current leader's id and membership entry (peer and client address), if known.

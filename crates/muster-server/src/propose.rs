@@ -25,9 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use muster_store::raft::{Raft, TypeConfig};
+use muster_store::raft::Raft;
 use muster_types::{Command, CommandResponse, LogEntry, ResponseBody};
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::RaftPathError;
@@ -391,34 +390,12 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn not_leader(f: &ForwardToLeader<TypeConfig>) -> RaftPathError {
-    if f.leader_id.is_none() {
-        return RaftPathError::NoLeader;
-    }
-    RaftPathError::NotLeader {
-        leader_id: f.leader_id,
-        leader: f.leader_node.clone(),
-    }
-}
-
 async fn client_write(raft: &Raft, cmd: Command) -> Result<CommandResponse, RaftPathError> {
     let entry = LogEntry {
         time_ms: now_ms(),
         cmd,
     };
-    match raft.client_write(entry).await {
-        Ok(resp) => Ok(resp.data),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(&f)),
-        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-            Err(RaftPathError::CommitUnknown)
-        }
-        Err(RaftError::APIError(e)) => Err(RaftPathError::Internal {
-            reason: e.to_string(),
-        }),
-        Err(RaftError::Fatal(f)) => Err(RaftPathError::Fatal {
-            reason: f.to_string(),
-        }),
-    }
+    Ok(raft.client_write(entry).await?.data)
 }
 
 #[cfg(test)]

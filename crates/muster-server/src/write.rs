@@ -15,26 +15,25 @@
 //! round by `leader_wait`. A bound that expires is Unavailable: "request timed out" when the
 //! outcome is unknown, "no leader" / "leader unreachable" when nothing was sent.
 
-use openraft::async_runtime::watch::WatchReceiver;
 use std::time::Duration;
 
-use muster_store::raft::{LogId, Member};
+use muster_store::raft::LogId;
 use muster_types::{Command, CommandResponse};
-use openraft::error::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
 use tokio::time::Instant;
 
 use crate::admission::request_deadline;
 use crate::error::{RaftPathError, ServerError};
-use crate::forward_stream::{ForwardStream, Forwarded};
+use crate::forward_stream::ForwardStream;
 use crate::network::call;
 use crate::network::PeerChannels;
 use crate::node::Node;
-use crate::propose::{not_leader, BatchQueue, BatchStats, QueueBound, QueueErrors};
+use crate::propose::{BatchQueue, BatchStats, QueueBound, QueueErrors};
+use crate::route::{Hop, Retry};
 use std::sync::Arc;
 
-fn forward_internal(reason: String) -> Forwarded {
-    Forwarded::Failed(RaftPathError::Internal { reason })
+fn forward_internal(reason: String) -> Hop {
+    Hop::Failed(RaftPathError::Internal { reason })
 }
 
 /// Forwarded messages a follower keeps open at once. Forwards are cheap messages on one
@@ -48,7 +47,7 @@ const FORWARDS_IN_FLIGHT: usize = 64;
 /// carrying a [`Command::Batch`] (see [`crate::propose`]).
 #[derive(Default)]
 pub struct Forwarders {
-    queues: std::sync::Mutex<std::collections::HashMap<String, BatchQueue<Forwarded>>>,
+    queues: std::sync::Mutex<std::collections::HashMap<String, BatchQueue<Hop>>>,
     stats: Arc<BatchStats>,
 }
 
@@ -66,7 +65,7 @@ impl Forwarders {
         addr: &str,
         bound: QueueBound,
         answer_timeout: Duration,
-    ) -> BatchQueue<Forwarded> {
+    ) -> BatchQueue<Hop> {
         let mut queues = self
             .queues
             .lock()
@@ -91,7 +90,7 @@ impl Forwarders {
             bound,
             QueueErrors {
                 make: forward_internal,
-                full: Forwarded::Failed(RaftPathError::TooManyRequests),
+                full: Hop::Failed(RaftPathError::TooManyRequests),
             },
             self.stats.clone(),
         );
@@ -140,75 +139,18 @@ impl Node {
     /// Applies `cmd` through the cluster: locally if leader, else forwarded one hop; gives up
     /// at min(`leader_wait`, the client's deadline).
     async fn route_write(&self, cmd: Command) -> Result<CommandResponse, RaftPathError> {
-        let deadline = request_deadline(self.config.leader_wait);
-        loop {
-            // A follower that knows the leader forwards at once; proposing locally first would
-            // only cost a round trip through its Raft to learn the same thing.
-            let local = match self.leader() {
-                Some((id, leader)) if id != self.id => Err(RaftPathError::NotLeader {
-                    leader_id: Some(id),
-                    leader: Some(leader),
-                }),
-                // Past the deadline the proposal's outcome is unknown: it may still commit.
-                _ => tokio::time::timeout_at(deadline, self.write_local(cmd.clone()))
-                    .await
-                    .unwrap_or(Err(RaftPathError::Timeout)),
-            };
-            match local {
-                Err(RaftPathError::NotLeader {
-                    leader_id: Some(id),
-                    leader: Some(Member { addr, .. }),
-                }) if id != self.id => match self.forward(&addr, &cmd, deadline).await {
-                    // The leader we know of is gone and the request never left this node:
-                    // wait for the election to move on, then retry (safe: nothing was sent).
-                    Err(Forwarded::NotSent(e)) if Instant::now() < deadline => {
-                        tracing::debug!(
-                            node_id = self.id,
-                            leader = id,
-                            "leader unreachable, not sent: {e}"
-                        );
-                        self.wait_for_leader_change(id, deadline).await;
-                    }
-                    Err(Forwarded::NotSent(e)) => {
-                        return Err(RaftPathError::LeaderUnreachable { addr, reason: e })
-                    }
-                    // The node we took for leader refused before appending (leadership
-                    // moved): nothing was proposed, so trying again is safe.
-                    Err(Forwarded::Failed(
-                        RaftPathError::NoLeader | RaftPathError::NotLeader { .. },
-                    )) if Instant::now() < deadline => {
-                        self.wait_for_leader_change(id, deadline).await;
-                    }
-                    Err(Forwarded::Failed(e)) => return Err(e),
-                    Ok(r) => return Ok(r),
-                },
-                Err(RaftPathError::NoLeader) | Err(RaftPathError::NotLeader { .. }) => {
-                    self.wait_for_leader(deadline).await?;
-                }
-                other => return other,
-            }
-        }
+        self.route(
+            request_deadline(self.config.leader_wait),
+            Retry::WhenNothingDone,
+            |_| self.write_local(cmd.clone()),
+            |addr, _| self.forward(addr, &cmd),
+        )
+        .await
     }
 
-    /// Waits until this node's view of the leader is no longer `old`, or `deadline`.
-    async fn wait_for_leader_change(&self, old: u64, deadline: Instant) {
-        let mut metrics = self.raft.metrics();
-        while metrics.borrow_watched().current_leader == Some(old) {
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return,
-            }
-        }
-    }
-
-    /// Forwards `cmd` to the leader at `addr`, giving up at `deadline` (outcome unknown: the
+    /// Forwards `cmd` to the leader at `addr` (the caller bounds the wait: past it the
     /// command may be on its way).
-    async fn forward(
-        &self,
-        addr: &str,
-        cmd: &Command,
-        deadline: Instant,
-    ) -> Result<CommandResponse, Forwarded> {
+    async fn forward(&self, addr: String, cmd: &Command) -> Result<CommandResponse, Hop> {
         let bp = &self.config.backpressure;
         let bound = QueueBound {
             commands: bp.queue_commands,
@@ -216,53 +158,15 @@ impl Node {
         };
         let queue = self
             .forwarders
-            .queue(&self.peers, addr, bound, self.config.leader_wait);
-        tokio::time::timeout_at(deadline, queue.submit(cmd.clone()))
-            .await
-            .unwrap_or(Err(Forwarded::Failed(RaftPathError::Timeout)))
-    }
-
-    /// Waits until some node is known as leader, or fails with NoLeader at `deadline`.
-    pub(crate) async fn wait_for_leader(&self, deadline: Instant) -> Result<(), RaftPathError> {
-        let mut metrics = self.raft.metrics();
-        loop {
-            if metrics.borrow_watched().current_leader.is_some() {
-                // A leader is known, but this loop came from a NotLeader without address or
-                // a stale view; give Raft a moment to settle before retrying.
-                let settle = Instant::now() + Duration::from_millis(50);
-                if settle >= deadline {
-                    return Err(RaftPathError::NoLeader);
-                }
-                let _ = tokio::time::timeout_at(settle, metrics.changed()).await;
-                return Ok(());
-            }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) => {
-                    return Err(RaftPathError::Fatal {
-                        reason: "raft stopped".into(),
-                    })
-                }
-                Err(_) => return Err(RaftPathError::NoLeader),
-            }
-        }
+            .queue(&self.peers, &addr, bound, self.config.leader_wait);
+        queue.submit(cmd.clone()).await
     }
 
     /// On the leader: confirms leadership with a quorum and returns the log id every
     /// linearizable read must observe.
     pub async fn read_index_local(&self) -> Result<LogId, RaftPathError> {
-        match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
-            Ok(l) => Ok(*l.read_log_id().log_id()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                Err(not_leader(&f))
-            }
-            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
-                Err(RaftPathError::Timeout)
-            }
-            Err(RaftError::Fatal(f)) => Err(RaftPathError::Fatal {
-                reason: f.to_string(),
-            }),
-        }
+        let linearizer = self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await?;
+        Ok(*linearizer.read_log_id().log_id())
     }
 
     /// Blocks until this node's state machine reflects every write acknowledged before the call;
@@ -286,54 +190,21 @@ impl Node {
     /// One read-index round: the log id a linearizable read must observe, from this node's Raft
     /// when it leads, else from the leader; Timeout after `leader_wait`. Called by
     /// [`crate::read::ReadRounds`] only, which shares each round among the reads that arrived
-    /// before it started.
+    /// before it started. A read index is not a write: asking again is always safe.
     pub(crate) async fn fetch_read_index(&self) -> Result<LogId, RaftPathError> {
-        let deadline = Instant::now() + self.config.leader_wait;
-        loop {
-            let local = tokio::time::timeout_at(deadline, self.read_index_local())
-                .await
-                .unwrap_or(Err(RaftPathError::Timeout));
-            match local {
-                Ok(l) => return Ok(l),
-                Err(RaftPathError::NotLeader {
-                    leader_id: Some(id),
-                    leader: Some(Member { addr, .. }),
-                }) if id != self.id => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(RaftPathError::Timeout);
-                    }
-                    let r: Result<Result<LogId, RaftPathError>, _> =
-                        call(&self.peers, &addr, left, &(), |mut c, r| async move {
-                            c.read_index(r).await
-                        })
-                        .await;
-                    match r {
-                        Ok(Ok(l)) => return Ok(l),
-                        // A read index is not a write: asking again is always safe while the
-                        // leadership settles.
-                        Ok(Err(RaftPathError::NoLeader | RaftPathError::NotLeader { .. }))
-                            if Instant::now() < deadline =>
-                        {
-                            self.wait_for_leader_change(id, deadline).await
-                        }
-                        Err(e) if e.was_not_sent() && Instant::now() < deadline => {
-                            self.wait_for_leader_change(id, deadline).await
-                        }
-                        Ok(Err(e)) => return Err(e),
-                        Err(e) => {
-                            return Err(RaftPathError::LeaderUnreachable {
-                                addr,
-                                reason: e.to_string(),
-                            })
-                        }
-                    }
-                }
-                Err(RaftPathError::NoLeader) | Err(RaftPathError::NotLeader { .. }) => {
-                    self.wait_for_leader(deadline).await?
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.route(
+            Instant::now() + self.config.leader_wait,
+            Retry::Always,
+            |_| self.read_index_local(),
+            |addr, deadline| async move {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let r = call(&self.peers, &addr, left, &(), |mut c, r| async move {
+                    c.read_index(r).await
+                })
+                .await;
+                Hop::of_call(&addr, r)
+            },
+        )
+        .await
     }
 }

@@ -101,7 +101,7 @@ fn seed_faults(server: &RunningServer, id: u64) {
     tracing::debug!(node_id = id, seed, "fault RNG seeded (MUSTER_FAULT_SEED)");
     server
         .node
-        .peers
+        .peers()
         .seed_faults(seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
 }
 
@@ -437,10 +437,10 @@ impl TestCluster {
                 continue;
             }
             if let Some(s) = &n.server {
-                s.node.peers.block(&addr);
+                s.node.peers().block(&addr);
             }
             if let Some(s) = self.nodes.get(&id).and_then(|n| n.server.as_ref()) {
-                s.node.peers.block(&n.peer_addr.to_string());
+                s.node.peers().block(&n.peer_addr.to_string());
             }
         }
         Ok(())
@@ -459,7 +459,7 @@ impl TestCluster {
     /// `from`'s calls to `to` fail at once, known not sent (one direction of a partition).
     pub fn block(&self, from: u64, to: u64) -> anyhow::Result<()> {
         let (node, addr) = self.link(from, to)?;
-        node.peers.block(&addr);
+        node.peers().block(&addr);
         Ok(())
     }
 
@@ -467,21 +467,21 @@ impl TestCluster {
     /// its own deadline.
     pub fn black_hole(&self, from: u64, to: u64) -> anyhow::Result<()> {
         let (node, addr) = self.link(from, to)?;
-        node.peers.black_hole(&addr);
+        node.peers().black_hole(&addr);
         Ok(())
     }
 
     /// `from`'s messages to `to` are held `delay` before they leave.
     pub fn delay(&self, from: u64, to: u64, delay: Duration) -> anyhow::Result<()> {
         let (node, addr) = self.link(from, to)?;
-        node.peers.delay(&addr, delay);
+        node.peers().delay(&addr, delay);
         Ok(())
     }
 
     /// `from`'s messages to `to` are lost with probability `p` (seeded, see the crate doc).
     pub fn drop_messages(&self, from: u64, to: u64, p: f64) -> anyhow::Result<()> {
         let (node, addr) = self.link(from, to)?;
-        node.peers.drop_messages(&addr, p);
+        node.peers().drop_messages(&addr, p);
         Ok(())
     }
 
@@ -489,7 +489,7 @@ impl TestCluster {
     pub fn heal(&self) {
         for n in self.nodes.values() {
             if let Some(s) = &n.server {
-                s.node.peers.heal();
+                s.node.peers().heal();
             }
         }
     }

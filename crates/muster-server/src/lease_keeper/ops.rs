@@ -3,23 +3,17 @@
 //! request id when the client sent one); keep-alive and time-to-live are answered from the
 //! leader's deadlines, here or one hop away on the leader.
 
-use std::future::Future;
-use std::time::Duration;
-
-use muster_store::raft::Member;
 use muster_types::{Command, CommandResponse, InstanceLease, ResponseBody};
-use openraft::error::{LinearizableReadError, RaftError};
 use openraft::LinearizerOption;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::deadlines::Renewal;
 use super::{id_from_request_id, LeaseKeeper};
+use crate::admission::request_deadline;
 use crate::error::{RaftPathError, ServerError};
 use crate::network::call;
-
-/// How long a forwarded keep-alive batch or time-to-live query may take.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::route::{Hop, Retry};
 
 /// A granted lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,13 +37,6 @@ pub struct TimeToLive {
     pub keys: Vec<Vec<u8>>,
     /// The leader's store revision when it answered.
     pub revision: i64,
-}
-
-fn unreachable_leader(addr: String, e: crate::network::PeerError) -> RaftPathError {
-    RaftPathError::LeaderUnreachable {
-        addr,
-        reason: e.to_string(),
-    }
 }
 
 impl LeaseKeeper {
@@ -174,25 +161,22 @@ impl LeaseKeeper {
     }
 
     /// Keep-alives for `ids`, renewed on the leader: (id, TTL) each, TTL 0 when the lease does
-    /// not exist or has expired.
+    /// not exist or has expired. Idempotent, so retried through an election: a keep-alive
+    /// stream rides through it instead of failing.
     pub async fn keep_alive(&self, ids: &[i64]) -> Result<Vec<(i64, i64)>, ServerError> {
-        let ids = ids.to_vec();
         let r = self
+            .node
             .route(
-                |deadline| self.keep_alive_local(&ids, deadline),
-                |addr| {
-                    let ids = &ids;
-                    async move {
-                        call(
-                            &self.node.peers,
-                            &addr,
-                            FORWARD_TIMEOUT,
-                            ids,
-                            |mut c, r| async move { c.lease_keep_alive(r).await },
-                        )
-                        .await
-                        .map_err(|e| unreachable_leader(addr.clone(), e))?
-                    }
+                request_deadline(self.node.config.leader_wait),
+                Retry::Always,
+                |deadline| self.keep_alive_local(ids, deadline),
+                |addr, deadline| async move {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let r = call(&self.node.peers, &addr, left, &ids, |mut c, r| async move {
+                        c.lease_keep_alive(r).await
+                    })
+                    .await;
+                    Hop::of_call(&addr, r)
                 },
             )
             .await?;
@@ -211,18 +195,22 @@ impl LeaseKeeper {
     /// LeaseTimeToLive, answered by the leader.
     pub async fn time_to_live(&self, id: i64, keys: bool) -> Result<TimeToLive, ServerError> {
         let r = self
+            .node
             .route(
+                request_deadline(self.node.config.leader_wait),
+                Retry::Always,
                 |deadline| self.time_to_live_local(id, keys, deadline),
-                |addr| async move {
-                    call(
+                |addr, deadline| async move {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let r = call(
                         &self.node.peers,
                         &addr,
-                        FORWARD_TIMEOUT,
+                        left,
                         &(id, keys),
                         |mut c, r| async move { c.lease_time_to_live(r).await },
                     )
-                    .await
-                    .map_err(|e| unreachable_leader(addr.clone(), e))?
+                    .await;
+                    Hop::of_call(&addr, r)
                 },
             )
             .await?;
@@ -245,37 +233,6 @@ impl LeaseKeeper {
         let sm = self.node.sm.read();
         let ids = sm.mvcc.lease_ttls().into_iter().map(|(id, _)| id).collect();
         Ok((sm.mvcc.current_revision(), ids))
-    }
-
-    /// Runs `local` here; when another node leads, `remote` there (one hop: the leader never
-    /// forwards again). Both are read-only or idempotent, so while leadership moves (no leader,
-    /// a stale leader hint, the old leader unreachable) they are simply tried again, up to
-    /// `leader_wait`: a keep-alive stream rides through an election instead of failing.
-    async fn route<T, L, LF, R, RF>(&self, local: L, remote: R) -> Result<T, RaftPathError>
-    where
-        L: Fn(Instant) -> LF,
-        LF: Future<Output = Result<T, RaftPathError>>,
-        R: Fn(String) -> RF,
-        RF: Future<Output = Result<T, RaftPathError>>,
-    {
-        let deadline = Instant::now() + self.node.config.leader_wait;
-        loop {
-            let r = match local(deadline).await {
-                Err(RaftPathError::NotLeader {
-                    leader_id: Some(id),
-                    leader: Some(Member { addr, .. }),
-                }) if id != self.node.id => remote(addr).await,
-                other => other,
-            };
-            match r {
-                Err(
-                    RaftPathError::NoLeader
-                    | RaftPathError::NotLeader { .. }
-                    | RaftPathError::LeaderUnreachable { .. },
-                ) if Instant::now() < deadline => self.node.wait_for_leader(deadline).await?,
-                other => return other,
-            }
-        }
     }
 
     /// The term this node's keeper leads in; waits (up to `deadline`) when Raft already made
@@ -306,25 +263,12 @@ impl LeaseKeeper {
     /// lease (heartbeating at once if that is stale). A leader cut off from the majority fails
     /// here and stops renewing leases.
     async fn confirm_leadership(&self, term: u64) -> Result<(), RaftPathError> {
-        match self
+        // Only the quorum's acknowledgement matters here, not a read position.
+        let _confirmed = self
             .node
             .raft
             .get_read_linearizer(LinearizerOption::new(None, true))
-            .await
-        {
-            Ok(_) => {}
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
-                return Err(self.not_leader())
-            }
-            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
-                return Err(RaftPathError::Timeout)
-            }
-            Err(RaftError::Fatal(f)) => {
-                return Err(RaftPathError::Fatal {
-                    reason: f.to_string(),
-                })
-            }
-        }
+            .await?;
         if self.leader_term_now() != Some(term) {
             return Err(self.not_leader());
         }
