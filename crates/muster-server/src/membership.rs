@@ -84,6 +84,10 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.config.leader_wait;
         let mut metrics = self.raft.metrics();
         loop {
+            // openraft refuses a change while the last one is uncommitted, and logs an ERROR
+            // each time (eleven at every cluster start, as members published their client
+            // addresses): wait until this node has applied the current membership first.
+            self.wait_membership_applied(deadline).await;
             match step().await {
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     ChangeMembershipError::InProgress(p),
@@ -93,6 +97,28 @@ impl Node {
                     let _ = tokio::time::timeout_at(deadline, metrics.changed()).await;
                 }
                 other => return other.map_err(RaftPathError::from),
+            }
+        }
+    }
+
+    /// Waits (up to `deadline`) until the effective membership's entry is applied here; on
+    /// the leader that means it is committed.
+    async fn wait_membership_applied(&self, deadline: tokio::time::Instant) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let applied = {
+                let m = metrics.borrow_watched();
+                let config_at = m.membership_config.log_id().as_ref().map(|l| l.index);
+                config_at <= m.last_applied.as_ref().map(|l| l.index)
+            };
+            if applied {
+                return;
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, metrics.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return;
             }
         }
     }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::{Holder, SmInner, SmShared};
-use crate::raft::io_err;
+use crate::raft::{blocking, io_err};
 
 /// Records removed per step at most (about: a step finishes the key it is on). etcd compacts
 /// 1,000 keys per batch too.
@@ -140,13 +140,24 @@ pub(super) async fn run_cleanup(shared: Weak<SmShared>) {
                 tokio::time::sleep(BLOCKED_PAUSE).await;
                 continue;
             }
-            let mut inner = shared.write(Holder::Cleanup);
-            if inner.failed.is_some() {
-                return;
-            }
-            match inner.cleanup_step(&shared, STEP_KEYS, STEP_RECORDS) {
-                Ok(step) => step,
-                Err(_) => return,
+            // A step holds the write lock and may write to sled, which stalled for up to
+            // 560 ms at 1,000,000 keys: on the blocking pool, so that never holds a runtime
+            // worker (and every task queued on it) as well.
+            let step = blocking(move || {
+                let shared = shared;
+                let mut inner = shared.write(Holder::Cleanup);
+                if inner.failed.is_some() {
+                    return Ok(None);
+                }
+                inner
+                    .cleanup_step(&shared, STEP_KEYS, STEP_RECORDS)
+                    .map(Some)
+            })
+            .await;
+            match step {
+                Ok(Some(step)) => step,
+                // Stopped, or failed (logged by the failing step).
+                Ok(None) | Err(_) => return,
             }
         };
         match step {
