@@ -161,7 +161,7 @@ async fn forwarded_commands_are_validated_on_the_leader() -> anyhow::Result<()> 
     .await?;
 
     info!("--- step: a forwarded LeaseExpire and an oversized put");
-    let big_key = vec![b'k'; 1 << 20];
+    let big_key = vec![b'k'; 2 << 20];
     let answers = forward(
         &cluster,
         leader,

@@ -161,14 +161,48 @@ where
             .map(|t| Instant::now() + t);
         let handled = self.inner.call(req);
         Box::pin(async move {
-            let r = match deadline {
+            let mut r = match deadline {
                 Some(d) => CLIENT_DEADLINE.scope(d, handled).await,
                 None => handled.await,
             };
             drop(permit);
+            if let Ok(resp) = &mut r {
+                as_grpc_go_size_error(resp.headers_mut());
+            }
             r
         })
     }
+}
+
+/// tonic refuses a request over the message limit with OutOfRange "Error, decoded message
+/// length too large: found N bytes, the limit is: M bytes"; etcd's server (grpc-go) with
+/// ResourceExhausted "grpc: received message larger than max (N vs. M)", and etcd clients
+/// expect that. Rewrites the former into the latter (tonic sends it trailers-only: the
+/// status is in the response headers).
+fn as_grpc_go_size_error(headers: &mut http::HeaderMap) {
+    const TONIC_PREFIX: &str = "Error, decoded message length too large: found ";
+    // Cheap test first: this runs on every answer of the client port.
+    if headers
+        .get("grpc-status")
+        .is_none_or(|v| v.as_bytes() != b"11")
+    {
+        return;
+    }
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    let Some(rest) = status.message().strip_prefix(TONIC_PREFIX) else {
+        return;
+    };
+    let numbers: Vec<&str> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let message = match numbers.as_slice() {
+        [found, limit] => format!("grpc: received message larger than max ({found} vs. {limit})"),
+        _ => "grpc: received message larger than max".to_string(),
+    };
+    let _ = tonic::Status::resource_exhausted(message).add_header(headers);
 }
 
 #[cfg(test)]
@@ -192,6 +226,32 @@ mod tests {
         for bad in [&b""[..], b"S", b"5", b"5s", b"123456789S", b"-1S", b"1.5S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn tonics_size_error_becomes_grpc_gos() {
+        let headers_of = |status: tonic::Status| {
+            let mut h = http::HeaderMap::new();
+            status.add_header(&mut h).expect("valid status");
+            h
+        };
+        let mut h = headers_of(tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 2097165 bytes, the limit is: 2097152 bytes",
+        ));
+        as_grpc_go_size_error(&mut h);
+        let s = tonic::Status::from_header_map(&h).expect("a status");
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            s.message(),
+            "grpc: received message larger than max (2097165 vs. 2097152)"
+        );
+        // Any other status is left alone.
+        let mut h = headers_of(tonic::Status::out_of_range(
+            "etcdserver: mvcc: required revision is a future revision",
+        ));
+        let before = h.clone();
+        as_grpc_go_size_error(&mut h);
+        assert_eq!(h, before);
     }
 
     #[tokio::test]

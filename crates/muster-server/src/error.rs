@@ -36,6 +36,13 @@ pub enum RaftPathError {
     Internal { reason: String },
     #[error("etcdserver: {reason}")]
     Rejected { reason: String },
+    /// etcd's member errors, in its exact words (clientv3 maps them by text).
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
     /// A forwarded command failed validation on the leader (its text is the validation
     /// error's).
     #[error("{reason}")]
@@ -114,6 +121,12 @@ pub enum ServerError {
     NotFound { what: &'static str },
     #[error("conflict: {what}")]
     Conflict { what: &'static str },
+    /// MoveLeader asked of a node that does not lead (etcd's text).
+    #[error("etcdserver: not leader")]
+    NotLeaderForMove,
+    /// MoveLeader to a node that is not a voter of this cluster (etcd's text).
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
 }
 
 /// Metadata key carrying the leader's client address on a NotLeader status.
@@ -124,9 +137,17 @@ impl From<ServerError> for tonic::Status {
         use tonic::Code;
         let msg = e.to_string();
         let code = match &e {
+            ServerError::Validation(ValidationError::RequestTooLarge { size, limit }) => {
+                // etcd's text carries no sizes (clients match it exactly): they go here.
+                tracing::debug!(size, limit, "refused a request: too large");
+                Code::InvalidArgument
+            }
             ServerError::Validation(_) => Code::InvalidArgument,
             ServerError::NotFound { .. } => Code::NotFound,
             ServerError::Conflict { .. } => Code::Aborted,
+            ServerError::NotLeaderForMove | ServerError::BadLeaderTransferee => {
+                Code::FailedPrecondition
+            }
             ServerError::Apply(a) => match a {
                 ApplyError::LeaseNotFound { .. } => Code::NotFound,
                 ApplyError::LeaseExists { .. } => Code::FailedPrecondition,
@@ -144,7 +165,10 @@ impl From<ServerError> for tonic::Status {
                 | RaftPathError::LeaderUnreachable { .. }
                 | RaftPathError::Timeout => Code::Unavailable,
                 RaftPathError::TooManyRequests => Code::ResourceExhausted,
-                RaftPathError::Rejected { .. } => Code::FailedPrecondition,
+                RaftPathError::Rejected { .. }
+                | RaftPathError::PeerUrlExists
+                | RaftPathError::NotLearner => Code::FailedPrecondition,
+                RaftPathError::MemberNotFound => Code::NotFound,
                 RaftPathError::Invalid { .. } => Code::InvalidArgument,
                 RaftPathError::Fatal { .. } | RaftPathError::Internal { .. } => Code::Internal,
             },

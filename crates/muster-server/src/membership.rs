@@ -157,9 +157,8 @@ impl Node {
             MembershipChange::Add { addr, learner } => {
                 let current = self.membership_summary(0);
                 if let Some((id, _)) = current.nodes.iter().find(|(_, m)| m.addr == addr) {
-                    return Err(RaftPathError::Rejected {
-                        reason: format!("address {addr} is already member {id}"),
-                    });
+                    tracing::info!(node_id = self.id, member = id, %addr, "member add refused: address taken");
+                    return Err(RaftPathError::PeerUrlExists);
                 }
                 let id = fresh_id(&current.nodes.keys().copied().collect());
                 // Non-blocking: the new node may not be running yet (etcd's order is add, then
@@ -181,14 +180,10 @@ impl Node {
             MembershipChange::Promote { id } => {
                 let current = self.membership_summary(id);
                 if !current.nodes.contains_key(&id) {
-                    return Err(RaftPathError::Rejected {
-                        reason: format!("member {id} not found"),
-                    });
+                    return Err(RaftPathError::MemberNotFound);
                 }
                 if current.voters.contains(&id) {
-                    return Err(RaftPathError::Rejected {
-                        reason: format!("member {id} is not a learner"),
-                    });
+                    return Err(RaftPathError::NotLearner);
                 }
                 let resp = self
                     .settled(|| {
@@ -202,9 +197,7 @@ impl Node {
             MembershipChange::Remove { id } => {
                 let current = self.membership_summary(id);
                 if !current.nodes.contains_key(&id) {
-                    return Err(RaftPathError::Rejected {
-                        reason: format!("member {id} not found"),
-                    });
+                    return Err(RaftPathError::MemberNotFound);
                 }
                 let resp = if current.voters.contains(&id) {
                     if current.voters.len() == 1 {
@@ -248,9 +241,7 @@ impl Node {
             MembershipChange::Publish { id, client_addr } => {
                 let current = self.membership_summary(id);
                 let Some(member) = current.nodes.get(&id) else {
-                    return Err(RaftPathError::Rejected {
-                        reason: format!("member {id} not found"),
-                    });
+                    return Err(RaftPathError::MemberNotFound);
                 };
                 if member.client_addr == client_addr {
                     return Ok(current);

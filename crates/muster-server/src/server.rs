@@ -39,10 +39,12 @@ use muster_proto::registrypb::registry_server::RegistryServer;
 /// How long a stopping server may take to wind down its connections before it is aborted.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Largest message a client call may send: a request up to `max_request_bytes` (a Txn's ops
-/// and their framing) with room for its envelope.
+/// Largest message a client call may send: a request up to `max_request_bytes` with room for
+/// its framing, as etcd (request limit + 512 KiB). Past it the call fails in gRPC itself
+/// (ResourceExhausted), as etcd's does; under it, a request over the limit is refused with
+/// "etcdserver: request is too large".
 pub fn client_message_limit(config: &NodeConfig) -> usize {
-    config.limits.max_request_bytes * 2 + (1 << 20)
+    config.limits.max_request_bytes + (512 << 10)
 }
 
 /// Most log entries in one append request (openraft's `max_payload_entries` default).
@@ -174,8 +176,11 @@ pub async fn start_with_listeners(
             .max_encoding_message_size(usize::MAX),
         )
         .add_service(
-            MaintenanceServer::new(MaintenanceService { node: node.clone() })
-                .max_decoding_message_size(max_msg),
+            MaintenanceServer::new(MaintenanceService {
+                node: node.clone(),
+                maintenance: services.maintenance.clone(),
+            })
+            .max_decoding_message_size(max_msg),
         )
         .add_service(
             ClusterServer::new(ClusterService {
@@ -282,6 +287,18 @@ impl RunningServer {
         }
         self.leases.stop();
         self.node.shutdown().await;
+    }
+
+    /// Stops the way an operator's stop should: a leader first hands its leadership to the
+    /// most up-to-date voter (etcd's MoveLeader, bounded by a few seconds), so stopping it
+    /// costs no election timeout; then [`RunningServer::stop`].
+    pub async fn stop_gracefully(self) {
+        crate::services::maintenance::hand_off_leadership(
+            &self.node,
+            crate::services::maintenance::STOP_HANDOFF,
+        )
+        .await;
+        self.stop().await;
     }
 
     /// Waits until the gRPC server ends (it ends only through [`RunningServer::stop`] or failure).

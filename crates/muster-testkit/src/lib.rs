@@ -314,6 +314,20 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Stops node `id` as `musterd` does on SIGTERM: a leader hands off its leadership first.
+    pub async fn stop_gracefully(&mut self, id: u64) -> anyhow::Result<()> {
+        let n = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| anyhow!("no node {id}"))?;
+        let server = n
+            .server
+            .take()
+            .ok_or_else(|| anyhow!("node {id} is not running"))?;
+        server.stop_gracefully().await;
+        Ok(())
+    }
+
     /// Restarts node `id` from its data dir on its old address.
     pub async fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         let n = self

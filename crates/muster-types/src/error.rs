@@ -26,14 +26,18 @@ pub enum ApplyError {
 pub enum ValidationError {
     #[error("etcdserver: key is not provided")]
     EmptyKey,
-    #[error("etcdserver: key is too large ({size} bytes; limit {limit})")]
-    KeyTooLarge { size: usize, limit: usize },
-    #[error("etcdserver: request is too large ({size} bytes; limit {limit})")]
+    /// etcd's exact text (clients match on it, e.g. clientv3's `ErrRequestTooLarge`); the
+    /// sizes are for logs. Also a key over `max_key_bytes` (etcd bounds keys only by the
+    /// request size, Muster's default).
+    #[error("etcdserver: request is too large")]
     RequestTooLarge { size: usize, limit: usize },
     #[error("etcdserver: too many operations in txn request")]
     TooManyTxnOps { ops: usize, limit: usize },
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
+    /// etcd's text for a MemberAdd whose peer URLs cannot be used.
+    #[error("etcdserver: given member URLs are invalid")]
+    BadMemberUrls,
     #[error("etcdserver: {field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
 }

@@ -1,5 +1,7 @@
 //! Request limits. Defaults follow etcd where etcd has one; all are configurable on the server.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
@@ -12,7 +14,9 @@ use crate::kv::KeyRange;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Limits {
-    /// Largest key, in bytes.
+    /// Largest key (and range end), in bytes. etcd has no key limit of its own (a key is
+    /// bounded by the request size), and neither has Muster by default: it is the request
+    /// limit unless set lower.
     pub max_key_bytes: usize,
     /// Largest encoded request (key + value + overhead), in bytes (etcd: 1.5 MiB).
     pub max_request_bytes: usize,
@@ -23,7 +27,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_key_bytes: 32 * 1024,
+            max_key_bytes: 1536 * 1024,
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
         }
@@ -36,7 +40,7 @@ impl Limits {
             return Err(ValidationError::EmptyKey);
         }
         if key.len() > self.max_key_bytes {
-            return Err(ValidationError::KeyTooLarge {
+            return Err(ValidationError::RequestTooLarge {
                 size: key.len(),
                 limit: self.max_key_bytes,
             });
@@ -47,7 +51,7 @@ impl Limits {
     fn check_range(&self, range: &KeyRange) -> Result<(), ValidationError> {
         self.check_key(&range.key)?;
         if range.range_end.len() > self.max_key_bytes {
-            return Err(ValidationError::KeyTooLarge {
+            return Err(ValidationError::RequestTooLarge {
                 size: range.range_end.len(),
                 limit: self.max_key_bytes,
             });
@@ -176,38 +180,46 @@ pub fn check_request_id(request_id: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// etcd rejects a Txn branch that writes one key twice, or puts a key that a delete in the same
-/// branch also covers ("duplicate key given in txn request"). Nested txns count as part of the
-/// branch.
+/// etcd's rule for a Txn branch ("duplicate key given in txn request"): no key is put twice,
+/// and no key put is covered by a delete. A nested txn's Then and Else are mutually exclusive
+/// (only one runs): each is checked against the ops around it, but the two may write the same
+/// key. A nested txn's deletes also cover the puts of the enclosing level.
 fn check_no_duplicate_writes(ops: &[TxnOp]) -> Result<(), ValidationError> {
-    let mut puts: Vec<&[u8]> = Vec::new();
-    let mut deletes: Vec<&KeyRange> = Vec::new();
-    fn collect<'a>(ops: &'a [TxnOp], puts: &mut Vec<&'a [u8]>, deletes: &mut Vec<&'a KeyRange>) {
-        for op in ops {
-            match op {
-                TxnOp::Put(p) => puts.push(&p.key),
-                TxnOp::DeleteRange(d) => deletes.push(&d.range),
-                TxnOp::Range(_) => {}
-                // Only one branch of a nested txn runs, but etcd checks both against the outer.
-                TxnOp::Txn(t) => {
-                    collect(&t.success, puts, deletes);
-                    collect(&t.failure, puts, deletes);
-                }
+    branch_writes(ops).map(|_| ())
+}
+
+/// The keys `ops` put and the ranges they delete (nested txns included), or DuplicateKey.
+fn branch_writes(ops: &[TxnOp]) -> Result<(BTreeSet<&[u8]>, Vec<&KeyRange>), ValidationError> {
+    let covered = |deletes: &[&KeyRange], key: &[u8]| deletes.iter().any(|d| d.contains(key));
+    let mut deletes: Vec<&KeyRange> = ops
+        .iter()
+        .filter_map(|op| match op {
+            TxnOp::DeleteRange(d) => Some(&d.range),
+            _ => None,
+        })
+        .collect();
+    let mut puts: BTreeSet<&[u8]> = BTreeSet::new();
+    for op in ops {
+        let TxnOp::Txn(t) = op else { continue };
+        let (then_puts, then_deletes) = branch_writes(&t.success)?;
+        let (else_puts, else_deletes) = branch_writes(&t.failure)?;
+        for key in then_puts.iter().chain(&else_puts) {
+            if puts.contains(key) || covered(&deletes, key) {
+                return Err(ValidationError::DuplicateKey);
             }
         }
+        puts.extend(then_puts);
+        puts.extend(else_puts);
+        deletes.extend(then_deletes);
+        deletes.extend(else_deletes);
     }
-    collect(ops, &mut puts, &mut deletes);
-    let mut sorted = puts.clone();
-    sorted.sort();
-    if sorted.windows(2).any(|w| w[0] == w[1]) {
-        return Err(ValidationError::DuplicateKey);
-    }
-    for key in &puts {
-        if deletes.iter().any(|d| d.contains(key)) {
+    for op in ops {
+        let TxnOp::Put(p) = op else { continue };
+        if !puts.insert(p.key.as_slice()) || covered(&deletes, &p.key) {
             return Err(ValidationError::DuplicateKey);
         }
     }
-    Ok(())
+    Ok((puts, deletes))
 }
 
 #[cfg(test)]
@@ -236,7 +248,7 @@ mod tests {
         });
         assert!(matches!(
             l.check_command(&c),
-            Err(ValidationError::KeyTooLarge { size: 5, limit: 4 })
+            Err(ValidationError::RequestTooLarge { size: 5, limit: 4 })
         ));
     }
 

@@ -61,15 +61,13 @@ impl TryFrom<pb::RangeRequest> for RangeRequest {
                 T::Mod => SortTarget::Mod,
                 T::Value => SortTarget::Value,
             };
-        if r.limit < 0 {
-            return Err(bad("limit", "must not be negative"));
-        }
         Ok(RangeRequest {
             range: KeyRange {
                 key: r.key,
                 range_end: r.range_end,
             },
-            limit: r.limit,
+            // etcd reads a negative limit as no limit.
+            limit: r.limit.max(0),
             revision: r.revision,
             sort_order,
             sort_target,

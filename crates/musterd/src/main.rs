@@ -137,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
         _ = server.wait() => {}
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
-            server.stop().await;
+            server.stop_gracefully().await;
         }
     }
     Ok(())

@@ -56,12 +56,9 @@ impl Cluster for ClusterService {
         req: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         let req = req.into_inner();
+        // A member has one peer address in Muster (etcd allows several).
         let [url] = req.peer_ur_ls.as_slice() else {
-            return Err(ServerError::Validation(ValidationError::InvalidArgument {
-                field: "peerURLs",
-                reason: "exactly one peer URL (the node's peer address)".into(),
-            })
-            .into());
+            return Err(ServerError::Validation(ValidationError::BadMemberUrls).into());
         };
         let changed = self.cluster.add(url, req.is_learner).await?;
         let id = changed.id;

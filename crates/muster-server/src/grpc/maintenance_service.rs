@@ -1,5 +1,7 @@
 //! etcd `Maintenance` service: Status and Alarm (as `etcdctl endpoint status|health` use
-//! them) and Defragment (a no-op on sled). The rest are Unimplemented.
+//! them), HashKV and Hash (`etcdctl endpoint hashkv`), MoveLeader (`etcdctl move-leader`) and
+//! Defragment (a no-op on sled) — decode, call `crate::services::maintenance`, encode. Snapshot
+//! and Downgrade are Unimplemented.
 
 use openraft::async_runtime::watch::WatchReceiver;
 use std::pin::Pin;
@@ -12,12 +14,14 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ServerError;
 use crate::node::Node;
+use crate::services::maintenance as svc;
 
 /// The etcd API version Muster speaks; etcdctl prints it in `endpoint status`.
 pub const ETCD_API_VERSION: &str = "3.5.0";
 
 pub struct MaintenanceService {
     pub node: Arc<Node>,
+    pub maintenance: svc::Maintenance,
 }
 
 fn unsupported(what: &'static str) -> Status {
@@ -85,14 +89,26 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        Err(unsupported("hash"))
+        // etcd hashes its whole backend file; Muster's nearest equivalent is the keyspace at
+        // the current revision (the same hash as HashKV at revision 0).
+        let h = self.maintenance.hash_kv(0)?;
+        Ok(Response::new(pb::HashResponse {
+            header: Some(self.node.header(h.current_revision)),
+            hash: h.hash,
+        }))
     }
 
     async fn hash_kv(
         &self,
-        _: Request<pb::HashKvRequest>,
+        req: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        Err(unsupported("hashkv"))
+        let h = self.maintenance.hash_kv(req.into_inner().revision)?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.node.header(h.current_revision)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.revision,
+        }))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
@@ -106,9 +122,15 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _: Request<pb::MoveLeaderRequest>,
+        req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(unsupported("move leader"))
+        self.maintenance
+            .move_leader(req.into_inner().target_id)
+            .await?;
+        let revision = self.node.sm.read().mvcc.current_revision();
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(self.node.header(revision)),
+        }))
     }
 
     async fn downgrade(

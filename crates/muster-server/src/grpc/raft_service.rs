@@ -14,7 +14,7 @@ use muster_proto::raftpb::raft_transport_server::RaftTransport;
 use muster_proto::raftpb::RaftPayload;
 use muster_store::raft::{Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use muster_types::Command;
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::lease_keeper::LeaseKeeper;
@@ -172,6 +172,21 @@ impl RaftTransport for RaftService {
             self.node.raft.vote(rpc).await
         };
         reply(&r.map_err(remote))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
+        reply(
+            &self
+                .node
+                .raft
+                .handle_transfer_leader(rpc)
+                .await
+                .map_err(remote),
+        )
     }
 
     async fn install_snapshot(

@@ -19,7 +19,7 @@ use muster_proto::etcdserverpb::watch_server::Watch;
 use muster_store::watch::{
     Batch, Delivery, Filters, Registered, WatchError, WatchHub, WatchSpec, WatcherId,
 };
-use muster_types::{KeyRange, ValidationError};
+use muster_types::KeyRange;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
@@ -228,16 +228,12 @@ impl Session {
             c.key.clone()
         };
         let range = KeyRange::new(key, c.range_end.clone());
-        let limit = self.node.config.limits.max_key_bytes;
-        for part in [&range.key, &range.range_end] {
-            if part.len() > limit {
-                return Err(ValidationError::KeyTooLarge {
-                    size: part.len(),
-                    limit,
-                }
-                .to_string());
-            }
-        }
+        // The same key limits as a Range's.
+        self.node
+            .config
+            .limits
+            .check_read(&range)
+            .map_err(|e| e.to_string())?;
         if !range.is_single()
             && range
                 .end_bound()

@@ -50,19 +50,24 @@ impl From<MembershipChanged> for Membership {
     }
 }
 
-/// Parses a peer URL (`http://host:port`, or bare `host:port`) into the peer address.
+/// Parses a peer URL (`http://host:port`, or bare `host:port`) into the peer address; anything
+/// else (another scheme, a path, no numeric port) is etcd's "given member URLs are invalid".
 pub fn peer_addr_of(url: &str) -> Result<String, ValidationError> {
-    let addr = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    if !addr.contains(':') {
-        return Err(ValidationError::InvalidArgument {
-            field: "peerURLs",
-            reason: format!("{url} is not host:port"),
-        });
+    let addr = url.strip_prefix("http://").unwrap_or(url);
+    let addr = addr.strip_suffix('/').unwrap_or(addr);
+    let valid = match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(['/', '?', '#', '@', ' '])
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+        }
+        None => false,
+    };
+    if !valid {
+        tracing::debug!(url, "member add refused: not http://host:port");
+        return Err(ValidationError::BadMemberUrls);
     }
-    Ok(addr)
+    Ok(addr.to_string())
 }
 
 /// Membership operations of one node.

@@ -14,10 +14,12 @@
 //! - [`registry`]: register, deregister, update, discover, list services — the registry's key
 //!   layout and JSON values.
 //! - [`cluster`]: members and membership changes.
+//! - [`maintenance`]: keyspace hash (HashKV), leadership transfer (MoveLeader).
 
 pub mod cluster;
 pub mod kv;
 pub mod lease;
+pub mod maintenance;
 pub mod registry;
 
 use std::sync::Arc;
@@ -55,6 +57,7 @@ pub struct Services {
     pub lease: lease::Leases,
     pub registry: registry::Registry,
     pub cluster: cluster::Cluster,
+    pub maintenance: maintenance::Maintenance,
 }
 
 impl Services {
@@ -64,7 +67,8 @@ impl Services {
             kv: kv::Kv::new(node.clone()),
             lease: lease::Leases::new(keeper.clone()),
             registry: registry::Registry::new(node.clone(), keeper),
-            cluster: cluster::Cluster::new(node),
+            cluster: cluster::Cluster::new(node.clone()),
+            maintenance: maintenance::Maintenance::new(node),
         }
     }
 }
