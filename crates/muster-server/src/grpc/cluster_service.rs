@@ -19,8 +19,11 @@ pub struct ClusterService {
 
 /// etcd `Member`s: peer URLs are the peer port's, client URLs the client port's, empty until
 /// the member has published it (as etcd lists a member that has not started). Client URLs are
-/// bare `host:port`: etcdctl 3.4 (`endpoint status --cluster`) sends a client URL's text as the
-/// HTTP/2 authority, and an `http://` prefix there is a protocol error for our HTTP/2 stack.
+/// bare `host:port`, where etcd says `http://host:port`: etcdctl 3.4 (`endpoint status
+/// --cluster`, `endpoint hashkv --cluster`) dials each as `passthrough:///<url>` and so sends
+/// the URL's whole text as the HTTP/2 `:authority`; grpc-go's server tolerates that, but the h2
+/// crate under tonic refuses the stream (PROTOCOL_ERROR). Checked again in issue 14 with a
+/// scheme: all three `--cluster` calls failed. clientv3 3.4 dials a bare `host:port` fine.
 pub fn to_pb(members: Vec<MemberInfo>) -> Vec<pb::Member> {
     members
         .into_iter()
