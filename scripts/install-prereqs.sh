@@ -6,13 +6,16 @@
 #   libprotobuf-dev the well-known types (google/protobuf/descriptor.proto) etcd-client's
 #                  protos import; protobuf-compiler only recommends it.
 #   make           musterd's allocator (tikv-jemallocator) builds jemalloc from source with it.
+#   go + clientv3  Debian packages golang-go (1.19) and golang-etcd-server-dev (3.4.23, the Go
+#                  etcd client's sources under /usr/share/gocode): tests/t22_go_client.rs
+#                  builds tests/go/ with them, offline, in GOPATH mode.
 #   cargo-nextest  the test runner (cargo install --locked cargo-nextest).
 # Uses apt-get, as root or through sudo. Prints what it installs; installs nothing already there.
 set -euo pipefail
 
 case "${1:-}" in
     -h | --help)
-        sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     "") ;;
@@ -41,6 +44,8 @@ if [[ -z "${PROTOC_INCLUDE:-}" && ! -e /usr/include/google/protobuf/descriptor.p
     packages+=(libprotobuf-dev)
 fi
 command -v make >/dev/null || packages+=(make)
+command -v go >/dev/null || packages+=(golang-go)
+[[ -d /usr/share/gocode/src/go.etcd.io/etcd/clientv3 ]] || packages+=(golang-etcd-server-dev)
 
 if ((${#packages[@]} > 0)); then
     need="${packages[*]} (etcd-client provides etcdctl, protobuf-compiler provides protoc)"
@@ -74,5 +79,5 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 if ((${#packages[@]} == 0)); then
-    say "prerequisites present: etcdctl, protoc, cargo-nextest"
+    say "prerequisites present: etcdctl, protoc, make, go with clientv3, cargo-nextest"
 fi
