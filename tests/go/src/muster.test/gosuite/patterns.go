@@ -30,31 +30,23 @@ func stmCounter(ctx context.Context, c *clientv3.Client, key string, serializabl
 	if serializable {
 		iso = concurrency.Serializable
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 50; i++ {
-				_, err := concurrency.NewSTM(c, func(s concurrency.STM) error {
-					n, err := strconv.Atoi(s.Get(key))
-					if err != nil {
-						return err
-					}
-					s.Put(key, strconv.Itoa(n+1))
-					return nil
-				}, concurrency.WithIsolation(iso), concurrency.WithAbortContext(ctx))
+	err := inParallel(4, func() error {
+		for i := 0; i < 50; i++ {
+			_, err := concurrency.NewSTM(c, func(s concurrency.STM) error {
+				n, err := strconv.Atoi(s.Get(key))
 				if err != nil {
-					errs <- err
-					return
+					return err
 				}
+				s.Put(key, strconv.Itoa(n+1))
+				return nil
+			}, concurrency.WithIsolation(iso), concurrency.WithAbortContext(ctx))
+			if err != nil {
+				return err
 			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	r, err := c.Get(ctx, key)
@@ -159,44 +151,34 @@ func watchScenarios(ctx context.Context, c *clientv3.Client, _ []string) error {
 // mutexThreeContenders: three sessions take turns on one Mutex; never two holders at once.
 func mutexThreeContenders(ctx context.Context, c *clientv3.Client, _ []string) error {
 	var holders, maxHolders, turns int32
-	var wg sync.WaitGroup
-	errs := make(chan error, 3)
-	for i := 0; i < 3; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s, err := concurrency.NewSession(c, concurrency.WithTTL(5))
-			if err != nil {
-				errs <- err
-				return
+	err := inParallel(3, func() error {
+		s, err := concurrency.NewSession(c, concurrency.WithTTL(5))
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		m := concurrency.NewMutex(s, "/mutex/test")
+		for j := 0; j < 5; j++ {
+			if err := m.Lock(ctx); err != nil {
+				return err
 			}
-			defer s.Close()
-			m := concurrency.NewMutex(s, "/mutex/test")
-			for j := 0; j < 5; j++ {
-				if err := m.Lock(ctx); err != nil {
-					errs <- err
-					return
-				}
-				h := atomic.AddInt32(&holders, 1)
-				for {
-					old := atomic.LoadInt32(&maxHolders)
-					if h <= old || atomic.CompareAndSwapInt32(&maxHolders, old, h) {
-						break
-					}
-				}
-				time.Sleep(5 * time.Millisecond) // the scenario: hold the lock a moment
-				atomic.AddInt32(&holders, -1)
-				atomic.AddInt32(&turns, 1)
-				if err := m.Unlock(ctx); err != nil {
-					errs <- err
-					return
+			h := atomic.AddInt32(&holders, 1)
+			for {
+				old := atomic.LoadInt32(&maxHolders)
+				if h <= old || atomic.CompareAndSwapInt32(&maxHolders, old, h) {
+					break
 				}
 			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+			time.Sleep(5 * time.Millisecond) // the scenario: hold the lock a moment
+			atomic.AddInt32(&holders, -1)
+			atomic.AddInt32(&turns, 1)
+			if err := m.Unlock(ctx); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	return check(maxHolders == 1 && turns == 15, "max holders %d, turns %d", maxHolders, turns)
@@ -427,4 +409,22 @@ func clusterMaintenance(ctx context.Context, c *clientv3.Client, eps []string) e
 		}
 	}
 	return nil
+}
+
+// inParallel runs f in n goroutines and returns the first error any returned.
+func inParallel(n int, f func() error) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }
