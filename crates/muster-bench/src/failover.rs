@@ -3,7 +3,8 @@
 //! - `failover`: an in-process 3-node Muster cluster (testkit); kills the leader repeatedly and
 //!   times a new agreed leader and the first acknowledged write.
 //! - `failover-external`: any running 3-node cluster reached through the etcd API (etcd or
-//!   Muster). Finds the leader with Maintenance.Status, SIGKILLs its process while writers put
+//!   Muster). Finds the leader with Maintenance.Status, SIGKILLs (or, with `--signal term`,
+//!   SIGTERMs: a graceful stop) its process while writers put
 //!   continuously through the surviving endpoints, and measures the longest gap between
 //!   acknowledged writes, kill → new leader, kill → first write sent after the kill and
 //!   acknowledged; then reads back every acknowledged key (none may be lost). The killed node
@@ -80,6 +81,25 @@ pub struct External {
     pub after: Duration,
     /// A put unanswered after this long counts as failed and the writer moves on.
     pub request_timeout: Duration,
+    /// How the leader is stopped: SIGKILL (a crash) or SIGTERM (an operator's stop; musterd
+    /// hands its leadership over first).
+    pub signal: StopSignal,
+}
+
+/// The signal `failover-external` stops the leader with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StopSignal {
+    Kill,
+    Term,
+}
+
+impl StopSignal {
+    fn flag(self) -> &'static str {
+        match self {
+            StopSignal::Kill => "-KILL",
+            StopSignal::Term => "-TERM",
+        }
+    }
 }
 
 /// Pause after a failed put, so a refusing node does not turn a writer into a busy loop.
@@ -184,14 +204,14 @@ async fn read_keys(ch: Channel, prefix: &[u8]) -> anyhow::Result<HashSet<Vec<u8>
     Ok(keys)
 }
 
-/// Sends SIGKILL to `pid`.
-async fn kill(pid: u32) -> anyhow::Result<()> {
+/// Sends `signal` to `pid`.
+async fn kill(pid: u32, signal: StopSignal) -> anyhow::Result<()> {
     let st = tokio::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([signal.flag(), &pid.to_string()])
         .status()
         .await
         .context("running kill")?;
-    anyhow::ensure!(st.success(), "kill -KILL {pid} failed ({st})");
+    anyhow::ensure!(st.success(), "kill {} {pid} failed ({st})", signal.flag());
     Ok(())
 }
 
@@ -252,12 +272,17 @@ pub async fn bench_failover_external(
     };
 
     tokio::time::sleep_until(deadline.min(Instant::now() + cfg.before).into()).await;
-    kill(pids[li]).await?;
-    // From when `kill` has returned: the signal is pending and the leader runs no more code.
-    // Writes sent before that but answered after are not "after the kill".
+    kill(pids[li], cfg.signal).await?;
+    // From when `kill` has returned: the signal is pending (after SIGKILL the leader runs no
+    // more code; after SIGTERM it hands its leadership over, then stops). Writes sent before
+    // that but answered after are not "after the kill".
     let kill_at = Instant::now();
     let _ = shared.kill_at.set(kill_at);
-    eprintln!("killed the leader (pid {})", pids[li]);
+    eprintln!(
+        "stopped the leader (pid {}, {})",
+        pids[li],
+        cfg.signal.flag()
+    );
     let elected = tokio::spawn(wait_new_leader(
         channels(&survivors).await?,
         old.leader,
@@ -298,7 +323,7 @@ pub async fn bench_failover_external(
     let before = acks.iter().filter(|a| a.acked < kill_at).count();
     Ok(json!({
         "what": "failover-external", "writers": cfg.writers,
-        "killed": {"endpoint": endpoints[li], "pid": pids[li], "member_id": format!("{:x}", old.member_id)},
+        "killed": {"endpoint": endpoints[li], "pid": pids[li], "member_id": format!("{:x}", old.member_id), "signal": cfg.signal.flag()},
         "new_leader_ms": ms_since(new_leader_at, kill_at),
         "first_write_ms": ms_since(first_write, kill_at),
         "max_gap_ms": max_gap.as_secs_f64() * 1000.0,

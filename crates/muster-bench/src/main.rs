@@ -189,6 +189,9 @@ enum Cmd {
         /// A put unanswered after this many milliseconds fails and the writer sends the next.
         #[arg(long, default_value_t = 1000)]
         request_timeout_ms: u64,
+        /// How to stop the leader: kill (SIGKILL, a crash) or term (SIGTERM, a graceful stop).
+        #[arg(long, value_enum, default_value_t = failover::StopSignal::Kill)]
+        signal: failover::StopSignal,
     },
     /// Kill the leader of an in-process 3-node Muster cluster repeatedly; time the recovery.
     Failover {
@@ -322,12 +325,14 @@ async fn run(args: Args) -> anyhow::Result<Option<serde_json::Value>> {
             before_ms,
             after_ms,
             request_timeout_ms,
+            signal,
         } => {
             let cfg = failover::External {
                 writers,
                 before: Duration::from_millis(before_ms),
                 after: Duration::from_millis(after_ms),
                 request_timeout: Duration::from_millis(request_timeout_ms),
+                signal,
             };
             failover::bench_failover_external(&eps, &pid, cfg, deadline).await?
         }
