@@ -278,9 +278,9 @@ pub enum ClusterCmd {
     Members,
     /// Every endpoint's status (exit 1 when one is unreachable).
     Status,
-    /// Add a member by its gRPC address; prints its id (start it with --node-id ID --join).
+    /// Add a member by its peer address; prints its id (start it with --node-id ID --join).
     Add {
-        /// The new node's gRPC address (host:port).
+        /// The new node's peer address, host:port of its --peer-listen (or http://host:port).
         peer_url: String,
         /// Add as a learner (promote it once it caught up).
         #[arg(long)]
