@@ -65,6 +65,8 @@ pub struct NodeConfig {
     pub store_cache_bytes: u64,
     /// Back-pressure: queue and concurrency bounds past which requests are refused at once.
     pub backpressure: BackpressureConfig,
+    /// Auto-compaction (etcd's `--auto-compaction-mode/-retention`); off by default, as etcd.
+    pub auto_compaction: crate::compactor::AutoCompactionConfig,
 }
 
 /// Back-pressure (docs/design.md, Back-pressure). Past any of these bounds a request is refused
@@ -273,6 +275,7 @@ impl Default for NodeConfig {
             watch: WatchConfig::default(),
             store_cache_bytes: 64 * 1024 * 1024,
             backpressure: BackpressureConfig::default(),
+            auto_compaction: Default::default(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`route`]: the one routing loop (here if leader, else one hop, else wait for a leader).
 //! - [`write`]: the write path (leader or one-hop forward) and the linearizable-read barrier.
 //! - [`lease_keeper`]: leader-only lease deadlines, the expiry reaper, lease operations.
+//! - [`compactor`]: auto-compaction, proposed by the leader on a schedule.
 //! - [`membership`]: member add/promote/remove on the leader (forwarded from followers).
 //! - [`network`]: the Raft network, client side (peer channels, bincode payloads).
 //! - [`faults`]: fault injection on peer calls (block, black-hole, delay, drop), for tests.
@@ -22,6 +23,7 @@
 //! - [`http`]: /health, /ready, /metrics.
 
 pub mod admission;
+pub mod compactor;
 pub mod config;
 pub mod conn;
 pub mod error;

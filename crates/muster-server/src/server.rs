@@ -223,6 +223,7 @@ pub async fn start_with_listeners(
             CheckToken(node.peers.token()),
         ));
     let stop = CancellationToken::new();
+    crate::compactor::start(node.clone(), services.kv.clone(), stop.clone());
     // A removed member stops serving, as an etcd member does.
     let removed_watch = node.clone();
     let stop_on_removal = stop.clone();

@@ -66,6 +66,14 @@ struct Args {
     /// Cluster name.
     #[arg(long, env = "MUSTER_CLUSTER_NAME")]
     cluster_name: Option<String>,
+    /// Auto-compaction, as etcd: `periodic` (keep --auto-compaction-retention of history) or
+    /// `revision` (keep that many revisions). Off unless a retention is given.
+    #[arg(long, env = "MUSTER_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    auto_compaction_mode: String,
+    /// Auto-compaction retention: periodic takes a duration ("30m", "1h") or a number of
+    /// hours; revision a revision count. 0 (the default) is off.
+    #[arg(long, env = "MUSTER_AUTO_COMPACTION_RETENTION")]
+    auto_compaction_retention: Option<String>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info,openraft=warn`.
     #[arg(long, env = "MUSTER_LOG", default_value = "info,openraft=warn")]
     log: String,
@@ -115,6 +123,16 @@ fn build_config(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(v) = &args.cluster_name {
         c.cluster_name = v.clone();
+    }
+    if let Some(retention) = &args.auto_compaction_retention {
+        let auto = muster_server::compactor::AutoCompactionConfig::from_flags(
+            &args.auto_compaction_mode,
+            retention,
+        )
+        .map_err(anyhow::Error::msg)?;
+        c.auto_compaction.mode = auto.mode;
+        c.auto_compaction.retention_period = auto.retention_period;
+        c.auto_compaction.retention_revisions = auto.retention_revisions;
     }
     c.validate()?;
     Ok(c)
