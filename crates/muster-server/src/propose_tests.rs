@@ -76,6 +76,18 @@ fn owned(
     }
 }
 
+/// Queues `cmd` (one poll, which must leave it waiting) and runs the rest of its submit on a
+/// task.
+async fn queued(
+    q: &BatchQueue<String>,
+    cmd: Command,
+    exempt: bool,
+) -> tokio::task::JoinHandle<Result<CommandResponse, String>> {
+    let mut f = Box::pin(owned(q, cmd, exempt));
+    assert!(futures::poll!(&mut f).is_pending(), "queued, not answered");
+    tokio::spawn(f)
+}
+
 /// Yields until `n` sends have started (the loop took them); no timers involved.
 async fn until_sent(sent: &StdMutex<Vec<String>>, n: usize) {
     for _ in 0..10_000 {
@@ -94,20 +106,14 @@ async fn a_full_queue_refuses_at_once_and_frees_room_on_answers() {
         bytes: 1 << 20,
     };
     let (q, sent, release) = gated_queue(bound);
-    let mut a = Box::pin(owned(&q, put("a", 0), false));
-    assert!(futures::poll!(&mut a).is_pending());
-    let a = tokio::spawn(a);
+    let a = queued(&q, put("a", 0), false).await;
     until_sent(&sent, 1).await;
     // "a" is being sent, "b" waits: the queue holds its bound.
-    let mut b = Box::pin(owned(&q, put("b", 0), false));
-    assert!(futures::poll!(&mut b).is_pending());
+    let b = queued(&q, put("b", 0), false).await;
     let c = q.submit(put("c", 0)).now_or_never();
     assert_eq!(c.map(|r| r.err()), Some(Some("full".to_string())));
     // Exempt commands are not refused.
-    let mut e = Box::pin(owned(&q, put("e", 0), true));
-    assert!(futures::poll!(&mut e).is_pending());
-    let b = tokio::spawn(b);
-    let e = tokio::spawn(e);
+    let e = queued(&q, put("e", 0), true).await;
     release.notify_one();
     assert!(a.await.expect("join").is_ok());
     until_sent(&sent, 2).await;
@@ -129,12 +135,8 @@ async fn bytes_bound_the_queue_but_never_refuse_a_lone_large_command() {
         bytes: 1000,
     };
     let (q, sent, release) = gated_queue(bound);
-    let mut big = Box::pin(owned(&q, put("big", 5000), false));
-    assert!(
-        futures::poll!(&mut big).is_pending(),
-        "alone, a large command is taken"
-    );
-    let big = tokio::spawn(big);
+    // Alone, a large command is taken.
+    let big = queued(&q, put("big", 5000), false).await;
     until_sent(&sent, 1).await;
     let small = q.submit(put("small", 10)).now_or_never();
     assert_eq!(small.map(|r| r.err()), Some(Some("full".to_string())));
@@ -149,16 +151,12 @@ async fn commands_whose_callers_left_are_not_sent() {
         bytes: 1 << 20,
     };
     let (q, sent, release) = gated_queue(bound);
-    let mut a = Box::pin(owned(&q, put("a", 0), false));
-    assert!(futures::poll!(&mut a).is_pending());
-    let a = tokio::spawn(a);
+    let a = queued(&q, put("a", 0), false).await;
     until_sent(&sent, 1).await;
     let mut gone = Box::pin(owned(&q, put("gone", 0), false));
     assert!(futures::poll!(&mut gone).is_pending());
     drop(gone);
-    let mut kept = Box::pin(owned(&q, put("kept", 0), false));
-    assert!(futures::poll!(&mut kept).is_pending());
-    let kept = tokio::spawn(kept);
+    let kept = queued(&q, put("kept", 0), false).await;
     release.notify_one();
     assert!(a.await.expect("join").is_ok());
     until_sent(&sent, 2).await;

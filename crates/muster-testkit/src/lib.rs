@@ -302,30 +302,25 @@ impl TestCluster {
 
     /// Stops node `id` abruptly (its connections are cut, Raft stops); data stays on disk.
     pub async fn kill(&mut self, id: u64) -> anyhow::Result<()> {
-        let n = self
-            .nodes
-            .get_mut(&id)
-            .ok_or_else(|| anyhow!("no node {id}"))?;
-        let server = n
-            .server
-            .take()
-            .ok_or_else(|| anyhow!("node {id} is not running"))?;
-        server.stop().await;
+        self.take_server(id)?.stop().await;
         Ok(())
     }
 
     /// Stops node `id` as `musterd` does on SIGTERM: a leader hands off its leadership first.
     pub async fn stop_gracefully(&mut self, id: u64) -> anyhow::Result<()> {
+        self.take_server(id)?.stop_gracefully().await;
+        Ok(())
+    }
+
+    /// Node `id`'s running server, which the caller stops.
+    fn take_server(&mut self, id: u64) -> anyhow::Result<RunningServer> {
         let n = self
             .nodes
             .get_mut(&id)
             .ok_or_else(|| anyhow!("no node {id}"))?;
-        let server = n
-            .server
+        n.server
             .take()
-            .ok_or_else(|| anyhow!("node {id} is not running"))?;
-        server.stop_gracefully().await;
-        Ok(())
+            .ok_or_else(|| anyhow!("node {id} is not running"))
     }
 
     /// Restarts node `id` from its data dir on its old address.
