@@ -67,7 +67,19 @@ pub struct NodeConfig {
     pub backpressure: BackpressureConfig,
     /// Auto-compaction (etcd's `--auto-compaction-mode/-retention`); off by default, as etcd.
     pub auto_compaction: crate::compactor::AutoCompactionConfig,
+    /// The space quota (etcd's `--quota-backend-bytes`; 0 = the default, 2 GiB): once the
+    /// keyspace's history takes more, the NOSPACE alarm is raised and writes that take space
+    /// are refused until it is cleared (`etcdctl alarm disarm`) — compact first.
+    pub quota_backend_bytes: u64,
+    /// How often the leader compares every member's keyspace hash (etcd's
+    /// `--corrupt-check-interval`); 0, the default, is off, as in etcd. A mismatch raises
+    /// the CORRUPT alarm for the member that differs.
+    #[serde(with = "humantime_serde")]
+    pub corrupt_check_interval: Duration,
 }
+
+/// etcd's default space quota.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 << 30;
 
 /// Back-pressure (docs/design.md, Back-pressure). Past any of these bounds a request is refused
 /// at once with ResourceExhausted "etcdserver: too many requests" instead of queueing without
@@ -276,6 +288,8 @@ impl Default for NodeConfig {
             store_cache_bytes: 64 * 1024 * 1024,
             backpressure: BackpressureConfig::default(),
             auto_compaction: Default::default(),
+            quota_backend_bytes: 0,
+            corrupt_check_interval: Duration::ZERO,
         }
     }
 }
@@ -295,6 +309,14 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl NodeConfig {
+    /// The space quota in bytes (the default when `quota_backend_bytes` is 0).
+    pub fn quota_bytes(&self) -> u64 {
+        match self.quota_backend_bytes {
+            0 => DEFAULT_QUOTA_BACKEND_BYTES,
+            q => q,
+        }
+    }
+
     /// Checks the configuration for contradictions.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id == 0 {

@@ -110,6 +110,9 @@ pub enum ServerError {
     Raft(#[from] RaftPathError),
     #[error("storage failure: {0}")]
     Storage(#[from] StoreError),
+    /// Reading the state for a backup failed (the state machine stopped, or the disk).
+    #[error("taking a backup: {0}")]
+    Backup(std::io::Error),
     #[error("etcdserver: {what} is not supported")]
     Unsupported { what: &'static str },
     #[error("internal: apply returned an unexpected response to a {expected} request")]
@@ -157,6 +160,9 @@ impl From<ServerError> for tonic::Status {
                 ApplyError::Compacted { .. } | ApplyError::FutureRevision { .. } => {
                     Code::OutOfRange
                 }
+                // etcd's codes for ErrGRPCNoSpace and ErrGRPCCorrupt.
+                ApplyError::NoSpace => Code::ResourceExhausted,
+                ApplyError::Corrupt => Code::DataLoss,
             },
             ServerError::Raft(r) => match r {
                 RaftPathError::NotLeader { .. }
@@ -172,7 +178,9 @@ impl From<ServerError> for tonic::Status {
                 RaftPathError::Invalid { .. } => Code::InvalidArgument,
                 RaftPathError::Fatal { .. } | RaftPathError::Internal { .. } => Code::Internal,
             },
-            ServerError::Storage(_) | ServerError::UnexpectedResponse { .. } => Code::Internal,
+            ServerError::Storage(_)
+            | ServerError::Backup(_)
+            | ServerError::UnexpectedResponse { .. } => Code::Internal,
             ServerError::Unsupported { .. } => Code::Unimplemented,
             ServerError::LeaseTtlTooLarge { .. } => Code::OutOfRange,
         };

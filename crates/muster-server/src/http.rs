@@ -71,6 +71,10 @@ pub fn render_metrics(node: &Node, leases: &LeaseKeeper) -> String {
     let revision = node.sm.read().mvcc.current_revision();
     let compact = node.sm.read().mvcc.compact_revision();
     let keys = node.sm.read().mvcc.key_count();
+    let (space_used, alarms) = {
+        let sm = node.sm.read();
+        (sm.mvcc.space_used(), sm.mvcc.alarms())
+    };
     let mut out = String::new();
     // Prometheus convention: a `_total` name is a counter, everything else here a gauge.
     let mut gauge = |name: &str, help: &str, v: f64| {
@@ -121,6 +125,25 @@ pub fn render_metrics(node: &Node, leases: &LeaseKeeper) -> String {
         compact as f64,
     );
     gauge("muster_store_keys", "Live keys.", keys as f64);
+    gauge(
+        "muster_store_space_used_bytes",
+        "Bytes of MVCC history (what the space quota limits).",
+        space_used as f64,
+    );
+    gauge(
+        "muster_store_quota_bytes",
+        "The space quota (--quota-backend-bytes).",
+        node.config.quota_bytes() as f64,
+    );
+    for alarm in [muster_types::Alarm::NoSpace, muster_types::Alarm::Corrupt] {
+        let name = format!("muster_alarm_{}", alarm.name().to_lowercase());
+        let raised = alarms.iter().filter(|a| a.alarm == alarm).count();
+        gauge(
+            &name,
+            "Members with this alarm raised (cluster-wide).",
+            raised as f64,
+        );
+    }
     let batching = [
         (
             node.proposer.stats(),

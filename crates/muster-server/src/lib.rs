@@ -13,6 +13,7 @@
 //! - [`write`]: the write path (leader or one-hop forward) and the linearizable-read barrier.
 //! - [`lease_keeper`]: leader-only lease deadlines, the expiry reaper, lease operations.
 //! - [`compactor`]: auto-compaction, proposed by the leader on a schedule.
+//! - [`corruption`]: the leader's periodic comparison of members' keyspace hashes (CORRUPT).
 //! - [`membership`]: member add/promote/remove on the leader (forwarded from followers).
 //! - [`network`]: the Raft network, client side (peer channels, bincode payloads).
 //! - [`faults`]: fault injection on peer calls (block, black-hole, delay, drop), for tests.
@@ -26,6 +27,7 @@ pub mod admission;
 pub mod compactor;
 pub mod config;
 pub mod conn;
+pub mod corruption;
 pub mod error;
 pub mod faults;
 mod forward_stream;

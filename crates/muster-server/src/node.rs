@@ -89,11 +89,11 @@ impl Node {
             source,
         })?;
         let db = sled::Config::new()
-            .path(dir.join("db"))
+            .path(dir.join(muster_store::raft::DB_DIR))
             .mode(sled::Mode::HighThroughput)
             .cache_capacity(config.store_cache_bytes)
             .open()?;
-        let log_store = FileLogStore::open(&dir.join("raft-log"))?;
+        let log_store = FileLogStore::open(&dir.join(muster_store::raft::LOG_DIR))?;
         let sm = StateMachineStore::open(&db, dir)?;
         sm.hold_writes_until_durable(log_store.durable_index());
         let shared = sm.shared();

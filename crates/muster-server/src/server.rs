@@ -224,6 +224,7 @@ pub async fn start_with_listeners(
         ));
     let stop = CancellationToken::new();
     crate::compactor::start(node.clone(), services.kv.clone(), stop.clone());
+    crate::corruption::start(node.clone(), stop.clone());
     // A removed member stops serving, as an etcd member does.
     let removed_watch = node.clone();
     let stop_on_removal = stop.clone();

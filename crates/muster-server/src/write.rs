@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use muster_store::raft::LogId;
-use muster_types::{Command, CommandResponse};
+use muster_types::{Alarm, AlarmAction, AlarmMember, ApplyError, Command, CommandResponse};
 use openraft::ReadPolicy;
 use tokio::time::Instant;
 
@@ -117,7 +117,45 @@ impl Node {
     /// commands only the leader originates), then applied through the cluster.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, ServerError> {
         self.config.limits.check_command(&cmd)?;
+        self.check_quota(&cmd).await?;
         Ok(self.route_write(cmd).await?)
+    }
+
+    /// The space quota, checked on the node the client called (etcd's quota check): a write
+    /// that takes space and would pass the quota is refused with NoSpace, and this member's
+    /// NOSPACE alarm is raised through the log, so every node refuses such writes from then
+    /// on until it is cleared. Writes that free space always pass.
+    async fn check_quota(&self, cmd: &Command) -> Result<(), ServerError> {
+        if !cmd.stopped_by(Alarm::NoSpace) {
+            return Ok(());
+        }
+        let quota = self.config.quota_bytes();
+        let (used, raised) = {
+            let sm = self.sm.read();
+            let raised = sm.mvcc.alarms().contains(&AlarmMember {
+                member_id: self.id,
+                alarm: Alarm::NoSpace,
+            });
+            (sm.mvcc.space_used(), raised)
+        };
+        if used.saturating_add(cmd.approx_size() as u64) <= quota {
+            return Ok(());
+        }
+        if !raised {
+            tracing::warn!(
+                node_id = self.id,
+                used,
+                quota,
+                "space quota exceeded: raising NOSPACE"
+            );
+            let alarm = Command::Alarm {
+                action: AlarmAction::Activate,
+                member_id: self.id,
+                alarm: Alarm::NoSpace,
+            };
+            self.route_write(alarm).await?;
+        }
+        Err(ApplyError::NoSpace.into())
     }
 
     /// A write a follower forwarded: validated again here, since a peer's word is not a

@@ -122,6 +122,16 @@ impl TestCluster {
         n: u64,
         tweak: impl Fn(&mut NodeConfig),
     ) -> anyhow::Result<TestCluster> {
+        Self::start_seeded(n, |_, _| Ok(()), tweak).await
+    }
+
+    /// Like [`TestCluster::start_with`], first calling `seed(id, data_dir)` for each node
+    /// (e.g. to restore a backup into its empty data dir).
+    pub async fn start_seeded(
+        n: u64,
+        seed: impl Fn(u64, &std::path::Path) -> anyhow::Result<()>,
+        tweak: impl Fn(&mut NodeConfig),
+    ) -> anyhow::Result<TestCluster> {
         init_tracing();
         let dir = tempfile::tempdir()?;
         let token_file = dir.path().join("peer-token");
@@ -149,6 +159,7 @@ impl TestCluster {
                 ..Default::default()
             };
             tweak(&mut config);
+            seed(id, &config.data_dir)?;
             let server = muster_server::start_with_listeners(config.clone(), listeners).await?;
             seed_faults(&server, id);
             nodes.insert(
@@ -321,6 +332,12 @@ impl TestCluster {
         n.server
             .take()
             .ok_or_else(|| anyhow!("node {id} is not running"))
+    }
+
+    /// Changes `key`'s live value on node `id` alone, without a log entry (as a bit flip on
+    /// one member's disk would), for corruption-check tests. Returns whether the key was live.
+    pub fn corrupt_value(&self, id: u64, key: &[u8], value: &[u8]) -> anyhow::Result<bool> {
+        Ok(self.node(id)?.sm().corrupt_value_for_testing(key, value)?)
     }
 
     /// Restarts node `id` from its data dir on its old address.

@@ -60,6 +60,50 @@ pub enum Command {
     /// event) with `registered_at_ms` taken from [`LogEntry::time_ms`]. Appended last: variant
     /// indices are the encoding of logs and snapshots already on disk.
     Register(Box<RegisterInstance>),
+    /// Raise or clear an alarm of one member (etcd's Alarm ACTIVATE / DEACTIVATE). Alarms are
+    /// replicated state: while one is raised, every node refuses the writes it stops, at apply
+    /// (see [`Alarm`]). Never consumes a revision. Appended last, as `Register` was.
+    Alarm {
+        action: AlarmAction,
+        member_id: u64,
+        alarm: Alarm,
+    },
+}
+
+/// An alarm, as etcd's `AlarmType` (NONE is not an alarm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Alarm {
+    /// A member's keyspace passed the space quota: puts, txns that put, lease grants and
+    /// registrations are refused until the alarm is cleared; deletes, compaction and lease
+    /// revocation still work, so space can be freed.
+    NoSpace,
+    /// The corruption check found a member whose keyspace differs from the others': every
+    /// client write is refused until an operator clears it.
+    Corrupt,
+}
+
+impl Alarm {
+    /// etcd's name (`etcdctl alarm list` prints it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Alarm::NoSpace => "NOSPACE",
+            Alarm::Corrupt => "CORRUPT",
+        }
+    }
+}
+
+/// Raise or clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlarmAction {
+    Activate,
+    Deactivate,
+}
+
+/// One raised alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AlarmMember {
+    pub member_id: u64,
+    pub alarm: Alarm,
 }
 
 /// What [`Command::Register`] writes.
@@ -112,6 +156,7 @@ impl Command {
             Command::Idempotent { cmd, .. } => cmd.name(),
             Command::Batch(_) => "batch",
             Command::Register(_) => "register",
+            Command::Alarm { .. } => "alarm",
         }
     }
 
@@ -140,7 +185,29 @@ impl Command {
             | Command::Compact { .. }
             | Command::LeaseGrant { .. }
             | Command::LeaseRevoke { .. }
-            | Command::Register(_) => false,
+            | Command::Register(_)
+            | Command::Alarm { .. } => false,
+        }
+    }
+
+    /// Whether the raised `alarm` stops this command (etcd's capped and corrupt appliers).
+    /// NOSPACE stops what takes space — puts, txns that put, lease grants, registrations —
+    /// and lets deletes, compaction and lease revocation through, so space can be freed.
+    /// CORRUPT stops every client write. Alarm commands and the leader's lease expiry always
+    /// apply (clearing an alarm must stay possible; expiry is not a client's write).
+    pub fn stopped_by(&self, alarm: Alarm) -> bool {
+        match self {
+            Command::Alarm { .. } | Command::LeaseExpire { .. } => false,
+            Command::Idempotent { cmd, .. } => cmd.stopped_by(alarm),
+            Command::Batch(cmds) => cmds.iter().any(|c| c.stopped_by(alarm)),
+            Command::Put(_) | Command::LeaseGrant { .. } | Command::Register(_) => true,
+            Command::Txn(t) => match alarm {
+                Alarm::NoSpace => t.puts(),
+                Alarm::Corrupt => !t.is_read_only(),
+            },
+            Command::DeleteRange(_) | Command::Compact { .. } | Command::LeaseRevoke { .. } => {
+                alarm == Alarm::Corrupt
+            }
         }
     }
 
@@ -176,9 +243,10 @@ impl Command {
             Command::Put(p) => FIXED + p.key.len() + p.value.len(),
             Command::DeleteRange(d) => FIXED + d.range.key.len() + d.range.range_end.len(),
             Command::Txn(t) => txn_size(t),
-            Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => {
-                FIXED
-            }
+            Command::Compact { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::Alarm { .. } => FIXED,
             Command::LeaseExpire { ids } => FIXED + 8 * ids.len(),
             Command::Idempotent { request_id, cmd } => FIXED + request_id.len() + cmd.approx_size(),
             Command::Batch(cmds) => FIXED + cmds.iter().map(Command::approx_size).sum::<usize>(),
@@ -298,6 +366,18 @@ impl TxnRequest {
             })
         }
         ops_read_only(&self.success) && ops_read_only(&self.failure)
+    }
+
+    /// Whether any branch can put (what the space quota refuses).
+    pub fn puts(&self) -> bool {
+        fn ops_put(ops: &[TxnOp]) -> bool {
+            ops.iter().any(|op| match op {
+                TxnOp::Put(_) => true,
+                TxnOp::Range(_) | TxnOp::DeleteRange(_) => false,
+                TxnOp::Txn(t) => t.puts(),
+            })
+        }
+        ops_put(&self.success) || ops_put(&self.failure)
     }
 }
 

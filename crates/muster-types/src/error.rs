@@ -19,6 +19,12 @@ pub enum ApplyError {
     /// An `Idempotent` command whose request id was already used by a different request.
     #[error("etcdserver: request id {request_id:?} was already used by a different request")]
     RequestIdReused { request_id: String },
+    /// A NOSPACE alarm is raised (etcd's `ErrNoSpace`).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// A CORRUPT alarm is raised (etcd's `ErrCorrupt`).
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
 }
 
 /// A request rejected before it reaches the log.

@@ -148,7 +148,8 @@ impl Limits {
             Command::Compact { .. }
             | Command::LeaseGrant { .. }
             | Command::LeaseRevoke { .. }
-            | Command::LeaseExpire { .. } => Ok(()),
+            | Command::LeaseExpire { .. }
+            | Command::Alarm { .. } => Ok(()),
             Command::Idempotent { request_id, cmd } => {
                 check_request_id(request_id)?;
                 if matches!(**cmd, Command::Idempotent { .. }) {

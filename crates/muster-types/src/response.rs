@@ -65,6 +65,9 @@ pub enum ResponseBody {
         lease_id: i64,
         registered_at_ms: u64,
     },
+    /// An [`crate::Command::Alarm`]: the alarm it raised or cleared, `None` when there was
+    /// nothing to change (already raised, or not raised). Appended last, as the command is.
+    Alarm(Option<crate::AlarmMember>),
 }
 
 /// What applying one log entry returns: the store revision after it, and the outcome.

@@ -22,9 +22,12 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(
     name = "musterd",
     version,
-    about = "A Muster node: Raft-replicated registry with the etcd v3 API"
+    about = "A Muster node: Raft-replicated registry with the etcd v3 API",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Subcommand>,
     /// TOML config file (fields of NodeConfig).
     #[arg(long, env = "MUSTER_CONFIG")]
     config: Option<PathBuf>,
@@ -74,9 +77,32 @@ struct Args {
     /// hours; revision a revision count. 0 (the default) is off.
     #[arg(long, env = "MUSTER_AUTO_COMPACTION_RETENTION")]
     auto_compaction_retention: Option<String>,
+    /// Space quota in bytes (etcd's flag; 0 = 2 GiB): past it NOSPACE is raised and writes
+    /// that take space fail until `etcdctl alarm disarm`.
+    #[arg(long, env = "MUSTER_QUOTA_BACKEND_BYTES")]
+    quota_backend_bytes: Option<u64>,
+    /// How often the leader compares members' keyspace hashes, e.g. "5m" (etcd's flag; 0 or
+    /// absent = off). A mismatch raises CORRUPT.
+    #[arg(long, env = "MUSTER_CORRUPT_CHECK_INTERVAL")]
+    corrupt_check_interval: Option<humantime::Duration>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info,openraft=warn`.
     #[arg(long, env = "MUSTER_LOG", default_value = "info,openraft=warn")]
     log: String,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Subcommand {
+    /// Seed an empty data dir from a backup (`etcdctl snapshot save` against Muster), then
+    /// start each member of the new cluster on its restored dir with the usual flags
+    /// (`--node-id`, `--initial-cluster`, ...). Restore the same file for every member.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// The new member's data dir (must not hold a node's data).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 fn build_config(args: &Args) -> anyhow::Result<NodeConfig> {
@@ -124,6 +150,12 @@ fn build_config(args: &Args) -> anyhow::Result<NodeConfig> {
     if let Some(v) = &args.cluster_name {
         c.cluster_name = v.clone();
     }
+    if let Some(q) = args.quota_backend_bytes {
+        c.quota_backend_bytes = q;
+    }
+    if let Some(d) = args.corrupt_check_interval {
+        c.corrupt_check_interval = d.into();
+    }
     if let Some(retention) = &args.auto_compaction_retention {
         let auto = muster_server::compactor::AutoCompactionConfig::from_flags(
             &args.auto_compaction_mode,
@@ -144,6 +176,9 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
+    if let Some(Subcommand::Restore { snapshot, data_dir }) = &args.command {
+        return restore(snapshot, data_dir);
+    }
     let config = build_config(&args)?;
     let node_id = config.node_id;
     let span = tracing::info_span!("node", node_id);
@@ -158,6 +193,29 @@ async fn main() -> anyhow::Result<()> {
             server.stop_gracefully().await;
         }
     }
+    Ok(())
+}
+
+/// `musterd restore`: checks the backup's checksum and writes its keyspace into `data_dir`.
+fn restore(snapshot: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(snapshot).with_context(|| format!("reading {}", snapshot.display()))?;
+    eprintln!(
+        "restoring {} ({} bytes) into {}",
+        snapshot.display(),
+        bytes.len(),
+        data_dir.display()
+    );
+    let summary = muster_store::raft::state_machine::restore_backup(&bytes, data_dir)
+        .with_context(|| format!("restoring {}", snapshot.display()))?;
+    println!(
+        "restored revision {} ({} records) into {}; start the member with --data-dir {} and \
+         the new cluster's --node-id and --initial-cluster",
+        summary.revision,
+        summary.records,
+        data_dir.display(),
+        data_dir.display()
+    );
     Ok(())
 }
 

@@ -189,6 +189,11 @@ impl RaftTransport for RaftService {
         )
     }
 
+    async fn hash_kv(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let ask: crate::corruption::HashKvAsk = decode(req.get_ref()).map_err(bad_payload)?;
+        reply(&crate::corruption::answer(&self.node, ask).await)
+    }
+
     async fn install_snapshot(
         &self,
         req: Request<RaftPayload>,

@@ -1,16 +1,21 @@
-//! The maintenance service: a node's status, the hash of its keyspace (etcd's HashKV, for
-//! comparing members), and moving the leadership to another member (etcd's MoveLeader).
+//! The maintenance service: alarms (list, raise, clear), the hash of its keyspace (etcd's
+//! HashKV, for comparing members), and moving the leadership to another member (etcd's
+//! MoveLeader).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use muster_types::{KeyRange, RangeRequest};
+use muster_types::{
+    Alarm, AlarmAction, AlarmMember, Command, KeyRange, RangeRequest, ResponseBody,
+};
 use openraft::async_runtime::watch::WatchReceiver;
 use tokio::time::Instant;
 
 use crate::admission::request_deadline;
 use crate::error::{RaftPathError, ServerError};
 use crate::node::Node;
+use crate::services::body;
+use muster_store::raft::state_machine::BackupSummary;
 
 /// Keys hashed per read-lock hold: a hash of a large keyspace never holds applies back for
 /// long.
@@ -90,6 +95,44 @@ impl Maintenance {
             compact_revision,
             current_revision,
         })
+    }
+
+    /// A backup of this node's state as of its last applied entry (etcd's Snapshot, which
+    /// also serves the called member's own state), with what it holds.
+    pub async fn backup(&self) -> Result<(Vec<u8>, BackupSummary), ServerError> {
+        self.node.sm.backup().await.map_err(ServerError::Backup)
+    }
+
+    /// Every raised alarm, with the revision the answer was read at.
+    pub fn alarms(&self) -> (i64, Vec<AlarmMember>) {
+        let sm = self.node.sm.read();
+        (sm.mvcc.current_revision(), sm.mvcc.alarms())
+    }
+
+    /// Raises or clears `member_id`'s `alarm` through the log (etcd's Alarm ACTIVATE and
+    /// DEACTIVATE); returns the alarm if that changed it (etcd answers an empty list when it
+    /// was already raised / not raised). `alarm` None (etcd's NONE) changes nothing.
+    pub async fn set_alarm(
+        &self,
+        action: AlarmAction,
+        member_id: u64,
+        alarm: Option<Alarm>,
+    ) -> Result<(i64, Vec<AlarmMember>), ServerError> {
+        let Some(alarm) = alarm else {
+            let (revision, _) = self.alarms();
+            return Ok((revision, vec![]));
+        };
+        let cmd = Command::Alarm {
+            action,
+            member_id,
+            alarm,
+        };
+        match body(self.node.write(cmd).await?)? {
+            (revision, ResponseBody::Alarm(changed)) => {
+                Ok((revision, changed.into_iter().collect()))
+            }
+            _ => Err(ServerError::UnexpectedResponse { expected: "alarm" }),
+        }
     }
 
     /// Makes `target` the leader. Asked of the leader (as etcd, which answers "not leader"

@@ -14,7 +14,8 @@
 //! - [`registry`]: register, deregister, update, discover, list services — the registry's key
 //!   layout and JSON values.
 //! - [`cluster`]: members and membership changes.
-//! - [`maintenance`]: keyspace hash (HashKV), leadership transfer (MoveLeader).
+//! - [`maintenance`]: alarms, backups (Snapshot), keyspace hash (HashKV), leadership
+//!   transfer (MoveLeader).
 
 pub mod cluster;
 pub mod kv;

@@ -2,14 +2,14 @@
 //! the two primitive writes (put one key, delete one key) that every command reduces to.
 //! Compaction is in [`super::compact`], Txns in [`super::txn`], lease commands in
 //! [`super::lease`], the registry's Register in [`super::register`], request-id de-duplication
-//! in [`super::dedup`].
+//! in [`super::dedup`], alarms in [`super::alarm`].
 //!
 //! Everything apply reads comes from memory: the writes of earlier commands of the same group are
 //! still in the caller's unapplied batch.
 
 use muster_types::{
-    ApplyError, Command, CommandResponse, DeleteRangeRequest, DeleteRangeResponse, Event,
-    EventKind, KeyValue, PutRequest, PutResponse, ResponseBody, Revision,
+    AlarmMember, ApplyError, Command, CommandResponse, DeleteRangeRequest, DeleteRangeResponse,
+    Event, EventKind, KeyValue, PutRequest, PutResponse, ResponseBody, Revision,
 };
 
 use super::codec::{encode_meta_revision, HistoryRecord, META_CURRENT_REVISION};
@@ -75,6 +75,14 @@ impl Mvcc {
                 result: Ok(ResponseBody::Batch(responses)),
             });
         }
+        // Before de-duplication: a write an alarm refused is not remembered, so its retry
+        // after the alarm is cleared applies.
+        if let Some(refused) = self.alarm_refusal(cmd) {
+            return Ok(CommandResponse {
+                revision: self.current_revision,
+                result: Err(refused),
+            });
+        }
         // Lease deadlines live in the leader's memory; time here is only the entry's leader
         // time: for forgetting request ids (every node forgets at the same entry) and as a
         // registration's `registered_at_ms`.
@@ -96,6 +104,18 @@ impl Mvcc {
             Command::LeaseRevoke { id } => self.apply_lease_revoke(&mut w, *id)?,
             Command::LeaseExpire { ids } => self.apply_lease_expire(&mut w, ids)?,
             Command::Register(r) => self.apply_register(&mut w, time_ms, r)?,
+            Command::Alarm {
+                action,
+                member_id,
+                alarm,
+            } => Ok(self.apply_alarm(
+                w.batch,
+                *action,
+                AlarmMember {
+                    member_id: *member_id,
+                    alarm: *alarm,
+                },
+            )),
             Command::Idempotent { .. } | Command::Batch(_) => {
                 unreachable!("unwrapped before dispatch")
             }
@@ -109,6 +129,42 @@ impl Mvcc {
             revision: self.current_revision,
             result,
         })
+    }
+
+    /// Test hook behind `SmShared::corrupt_value_for_testing`: rewrites `key`'s live value and
+    /// its history record in place, same revision, no event.
+    #[doc(hidden)]
+    pub fn corrupt_value_for_testing(
+        &mut self,
+        batch: &mut sled::Batch,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<bool, StoreError> {
+        let Some(live) = self.index.live(key).cloned() else {
+            return Ok(false);
+        };
+        let Some(rev) = self
+            .index
+            .get(key)
+            .and_then(|ki| ki.revs.last())
+            .map(|c| c.rev)
+        else {
+            return Ok(false);
+        };
+        let kv = KeyValue {
+            value: value.to_vec(),
+            ..live
+        };
+        self.history.write(
+            batch,
+            rev,
+            HistoryRecord {
+                kv: kv.clone(),
+                tombstone: false,
+            },
+        )?;
+        self.index.set_live_for_testing(kv);
+        Ok(true)
     }
 
     /// A plain Put. As in etcd, the lease is checked before the key's existence.
@@ -166,7 +222,7 @@ impl Mvcc {
             value,
             lease,
         };
-        self.history.write(
+        let bytes = self.history.write(
             w.batch,
             rev,
             HistoryRecord {
@@ -174,7 +230,7 @@ impl Mvcc {
                 tombstone: false,
             },
         )?;
-        self.index.put(rev, kv.clone());
+        self.index.put(rev, kv.clone(), bytes);
         let old_lease = prev.as_ref().map_or(0, |p| p.lease);
         if old_lease != lease {
             self.leases.detach(old_lease, key);
@@ -204,7 +260,7 @@ impl Mvcc {
             mod_revision: rev.main,
             ..KeyValue::default()
         };
-        self.history.write(
+        let bytes = self.history.write(
             w.batch,
             rev,
             HistoryRecord {
@@ -212,7 +268,7 @@ impl Mvcc {
                 tombstone: true,
             },
         )?;
-        let prev = self.index.delete(rev, key);
+        let prev = self.index.delete(rev, key, bytes);
         if let Some(prev) = &prev {
             self.leases.detach(prev.lease, key);
         }

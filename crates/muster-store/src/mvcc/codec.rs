@@ -4,6 +4,7 @@
 //!
 //! | key                                   | value                                   |
 //! |---------------------------------------|-----------------------------------------|
+//! | `b'a'` + member id (BE) + alarm code  | empty: a raised alarm (`alarm_key`)      |
 //! | `b'h'` + `Revision::to_be_bytes()`    | bincode [`HistoryRecord`] (every write, deletes included) |
 //! | `b'l'` + lease id (`i64 as u64`, BE)  | bincode [`LeaseRecord`]                 |
 //! | `b'm'` + `current_revision`           | bincode `i64`                           |
@@ -16,11 +17,13 @@
 //! failing. So each stored kind has exactly one typed encode/decode pair below, and nothing else
 //! touches the raw bytes.
 
-use muster_types::{CommandResponse, KeyValue, Revision};
+use muster_types::{Alarm, AlarmMember, CommandResponse, KeyValue, Revision};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 
+/// Prefix of raised-alarm records.
+pub(crate) const ALARM: u8 = b'a';
 /// Prefix of history records.
 pub(crate) const HISTORY: u8 = b'h';
 /// Prefix of lease records.
@@ -81,6 +84,38 @@ pub(crate) fn decode_dedup(bytes: &[u8]) -> Result<DedupRecord, StoreError> {
     bincode::deserialize(bytes).map_err(|source| StoreError::Codec {
         what: "request id record",
         source,
+    })
+}
+
+/// Alarm codes in alarm keys. Never renumber: they are on disk.
+fn alarm_code(alarm: Alarm) -> u8 {
+    match alarm {
+        Alarm::NoSpace => 1,
+        Alarm::Corrupt => 2,
+    }
+}
+
+pub(crate) fn alarm_key(a: AlarmMember) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[0] = ALARM;
+    key[1..9].copy_from_slice(&a.member_id.to_be_bytes());
+    key[9] = alarm_code(a.alarm);
+    key
+}
+
+pub(crate) fn decode_alarm_key(key: &[u8]) -> Result<AlarmMember, StoreError> {
+    let parsed = match key {
+        [ALARM, id @ .., code] if id.len() == 8 => {
+            let member_id = u64::from_be_bytes(id.try_into().unwrap_or_default());
+            [Alarm::NoSpace, Alarm::Corrupt]
+                .into_iter()
+                .find(|a| alarm_code(*a) == *code)
+                .map(|alarm| AlarmMember { member_id, alarm })
+        }
+        _ => None,
+    };
+    parsed.ok_or_else(|| StoreError::Corrupt {
+        what: format!("malformed alarm key {key:?}"),
     })
 }
 
@@ -181,6 +216,14 @@ mod tests {
         assert!(decode_history_key(&lease_key(3)).is_err());
         assert_eq!(decode_lease_key(&lease_key(-5)).unwrap(), -5);
         assert!(decode_lease_key(&history_key(a)).is_err());
+        for alarm in [Alarm::NoSpace, Alarm::Corrupt] {
+            let m = AlarmMember {
+                member_id: u64::MAX - 3,
+                alarm,
+            };
+            assert_eq!(decode_alarm_key(&alarm_key(m)).unwrap(), m);
+        }
+        assert!(decode_alarm_key(&lease_key(3)).is_err());
     }
 
     #[test]

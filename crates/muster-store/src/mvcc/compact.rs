@@ -32,7 +32,7 @@ use super::codec::{
     decode_history, decode_history_key, decode_meta_revision, encode_meta_revision, history_key,
     HISTORY, META_COMPACT_DONE, META_COMPACT_REVISION,
 };
-use super::index::KeyIndex;
+use super::index::{Change, KeyIndex};
 use super::Mvcc;
 use crate::error::StoreError;
 
@@ -162,16 +162,16 @@ pub fn drop_compacted(records: &mut Vec<(Vec<u8>, Vec<u8>)>) -> Result<usize, St
             break;
         }
         let rec = decode_history(value)?;
-        changes
-            .entry(rec.kv.key)
-            .or_default()
-            .revs
-            .push((rev, rec.tombstone));
+        changes.entry(rec.kv.key).or_default().revs.push(Change {
+            rev,
+            tombstone: rec.tombstone,
+            bytes: 0,
+        });
     }
     let garbage: HashSet<[u8; 13]> = changes
         .values_mut()
         .flat_map(|ki| ki.compact(at))
-        .map(history_key)
+        .map(|c| history_key(c.rev))
         .collect();
     drop(changes);
     records.retain(|(key, _)| !garbage.contains(key.as_slice()));

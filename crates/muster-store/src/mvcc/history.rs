@@ -42,15 +42,18 @@ impl History {
         self.pending.len()
     }
 
+    /// Writes the record at `rev`; returns the bytes it takes (key and value).
     pub fn write(
         &mut self,
         batch: &mut sled::Batch,
         rev: Revision,
         rec: HistoryRecord,
-    ) -> Result<(), StoreError> {
-        batch.insert(&history_key(rev), encode_history(&rec)?);
+    ) -> Result<u32, StoreError> {
+        let value = encode_history(&rec)?;
+        let bytes = record_bytes(value.len());
+        batch.insert(&history_key(rev), value);
         self.pending.insert(rev, rec);
-        Ok(())
+        Ok(bytes)
     }
 
     pub fn remove(&mut self, batch: &mut sled::Batch, rev: Revision) {
@@ -92,12 +95,28 @@ impl History {
         stored.chain(pending)
     }
 
-    /// Every record, in revision order (for rebuilding the index on open).
+    /// Every stored record with the bytes it takes, in revision order (for rebuilding the
+    /// index on open, when nothing is pending).
     pub fn scan_all(
         &self,
-    ) -> impl Iterator<Item = Result<(Revision, HistoryRecord), StoreError>> + '_ {
-        self.scan_from(Revision { main: 0, sub: 0 })
+    ) -> impl Iterator<Item = Result<(Revision, HistoryRecord, u32), StoreError>> + '_ {
+        self.tree
+            .range(history_key(Revision { main: 0, sub: 0 }).to_vec()..HISTORY_END.to_vec())
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((
+                    decode_history_key(&key)?,
+                    decode_history(&value)?,
+                    record_bytes(value.len()),
+                ))
+            })
     }
+}
+
+/// What a history record with a `value_len`-byte value takes: its key and value. Counted for
+/// the space quota; sled's own overhead per record is left out (it varies with its pages).
+fn record_bytes(value_len: usize) -> u32 {
+    u32::try_from(history_key(Revision { main: 0, sub: 0 }).len() + value_len).unwrap_or(u32::MAX)
 }
 
 impl Mvcc {

@@ -9,51 +9,62 @@ use std::ops::Bound;
 
 use muster_types::{KeyRange, KeyValue, Revision};
 
+/// One change of one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub rev: Revision,
+    pub tombstone: bool,
+    /// Bytes its history record takes (key and value as stored), for the space quota.
+    pub bytes: u32,
+}
+
 /// One key's state.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct KeyIndex {
     /// The current value; `None` while the key is deleted (its history may still be readable).
     pub live: Option<KeyValue>,
-    /// Every change not yet compacted away, ascending: (revision, is a tombstone).
-    pub revs: Vec<(Revision, bool)>,
+    /// Every change not yet compacted away, ascending by revision.
+    pub revs: Vec<Change>,
 }
 
 impl KeyIndex {
-    /// The latest change at or before main revision `at`.
+    /// The latest change at or before main revision `at`: (revision, is a tombstone).
     pub fn latest_at(&self, at: i64) -> Option<(Revision, bool)> {
-        let n = self.revs.partition_point(|(r, _)| r.main <= at);
-        self.revs.get(n.checked_sub(1)?).copied()
+        let n = self.revs.partition_point(|c| c.rev.main <= at);
+        let c = self.revs.get(n.checked_sub(1)?)?;
+        Some((c.rev, c.tombstone))
     }
 
-    /// The change just before `rev`.
+    /// The change just before `rev`: (revision, is a tombstone).
     pub fn before(&self, rev: Revision) -> Option<(Revision, bool)> {
-        let n = self.revs.partition_point(|(r, _)| *r < rev);
-        self.revs.get(n.checked_sub(1)?).copied()
+        let n = self.revs.partition_point(|c| c.rev < rev);
+        let c = self.revs.get(n.checked_sub(1)?)?;
+        Some((c.rev, c.tombstone))
     }
 
     /// Whether `rev` is the key's latest change.
     pub fn is_latest(&self, rev: Revision) -> bool {
-        self.revs.last().map(|(r, _)| *r) == Some(rev)
+        self.revs.last().map(|c| c.rev) == Some(rev)
     }
 
     /// Drops the changes no read at or after `at` (and no watch starting at `at`) needs, and
-    /// returns their revisions. Keeps every change at `at` or later; of the older ones, keeps only
-    /// the latest, and only if no change at `at` supersedes it and it is a put (a tombstone below
+    /// returns them. Keeps every change at `at` or later; of the older ones, keeps only the
+    /// latest, and only if no change at `at` supersedes it and it is a put (a tombstone below
     /// `at` says nothing an absent history does not say).
-    pub fn compact(&mut self, at: i64) -> impl Iterator<Item = Revision> + '_ {
-        let first_kept_candidate = self.revs.partition_point(|(r, _)| r.main < at);
+    pub fn compact(&mut self, at: i64) -> impl Iterator<Item = Change> + '_ {
+        let first_kept_candidate = self.revs.partition_point(|c| c.rev.main < at);
         let has_change_at = self
             .revs
             .get(first_kept_candidate)
-            .is_some_and(|(r, _)| r.main == at);
+            .is_some_and(|c| c.rev.main == at);
         let keep_from = match first_kept_candidate
             .checked_sub(1)
             .and_then(|i| self.revs.get(i))
         {
-            Some((_, false)) if !has_change_at => first_kept_candidate - 1,
+            Some(c) if !c.tombstone && !has_change_at => first_kept_candidate - 1,
             _ => first_kept_candidate,
         };
-        self.revs.drain(..keep_from).map(|(r, _)| r)
+        self.revs.drain(..keep_from)
     }
 }
 
@@ -63,6 +74,8 @@ pub(crate) struct Index {
     keys: BTreeMap<Vec<u8>, KeyIndex>,
     /// Number of keys with a live value (kept so `key_count` is O(1)).
     live_count: usize,
+    /// Bytes of every change's history record still indexed (see [`Change::bytes`]).
+    history_bytes: u64,
 }
 
 impl Index {
@@ -76,6 +89,11 @@ impl Index {
 
     pub fn live_count(&self) -> usize {
         self.live_count
+    }
+
+    /// Bytes of the history records of every change not yet compacted away.
+    pub fn history_bytes(&self) -> u64 {
+        self.history_bytes
     }
 
     /// Number of keys that are live or still have history.
@@ -111,20 +129,38 @@ impl Index {
         self.keys.values().filter_map(|ki| ki.live.as_ref())
     }
 
-    /// Records a put at `rev`; `kv` is the new value.
-    pub fn put(&mut self, rev: Revision, kv: KeyValue) {
+    /// Replaces a live value without recording a change (the corruption test hook only).
+    pub fn set_live_for_testing(&mut self, kv: KeyValue) {
+        if let Some(ki) = self.keys.get_mut(&kv.key) {
+            ki.live = Some(kv);
+        }
+    }
+
+    /// Records a put at `rev` whose history record takes `bytes`; `kv` is the new value.
+    pub fn put(&mut self, rev: Revision, kv: KeyValue, bytes: u32) {
         let ki = self.keys.entry(kv.key.clone()).or_default();
         if ki.live.is_none() {
             self.live_count += 1;
         }
-        ki.revs.push((rev, false));
+        ki.revs.push(Change {
+            rev,
+            tombstone: false,
+            bytes,
+        });
+        self.history_bytes += u64::from(bytes);
         ki.live = Some(kv);
     }
 
-    /// Records a delete of `key` at `rev`; returns the value it had.
-    pub fn delete(&mut self, rev: Revision, key: &[u8]) -> Option<KeyValue> {
+    /// Records a delete of `key` at `rev` whose tombstone takes `bytes`; returns the value it
+    /// had.
+    pub fn delete(&mut self, rev: Revision, key: &[u8], bytes: u32) -> Option<KeyValue> {
         let ki = self.keys.entry(key.to_vec()).or_default();
-        ki.revs.push((rev, true));
+        ki.revs.push(Change {
+            rev,
+            tombstone: true,
+            bytes,
+        });
+        self.history_bytes += u64::from(bytes);
         let prev = ki.live.take();
         if prev.is_some() {
             self.live_count -= 1;
@@ -158,7 +194,10 @@ impl Index {
                 resume = Some(key.clone());
                 break;
             }
-            removed.extend(ki.compact(at));
+            for c in ki.compact(at) {
+                self.history_bytes = self.history_bytes.saturating_sub(u64::from(c.bytes));
+                removed.push(c.rev);
+            }
             if ki.live.is_none() && ki.revs.is_empty() {
                 emptied.push(key.clone());
             }
@@ -190,7 +229,7 @@ mod tests {
     fn range_handles_single_prefix_from_key_and_inverted() {
         let mut ix = Index::default();
         for (i, k) in ["a", "ab", "b", "c"].iter().enumerate() {
-            ix.put(rev(i as i64 + 2), kv(k, i as i64 + 2));
+            ix.put(rev(i as i64 + 2), kv(k, i as i64 + 2), 1);
         }
         let keys = |r: KeyRange| ix.range(&r).map(|(k, _)| k.clone()).collect::<Vec<_>>();
         assert_eq!(keys(KeyRange::single("a")), vec![b"a".to_vec()]);
@@ -210,27 +249,50 @@ mod tests {
     #[test]
     fn compact_keeps_what_reads_at_or_after_need() {
         // put@2, put@3, del@4, put@6
+        let change = |main: i64, tombstone: bool| Change {
+            rev: rev(main),
+            tombstone,
+            bytes: 10,
+        };
+        let revs_of = |ki: &KeyIndex| ki.revs.iter().map(|c| c.rev.main).collect::<Vec<_>>();
         let ki = KeyIndex {
             live: None,
             revs: vec![
-                (rev(2), false),
-                (rev(3), false),
-                (rev(4), true),
-                (rev(6), false),
+                change(2, false),
+                change(3, false),
+                change(4, true),
+                change(6, false),
             ],
         };
+        let dropped =
+            |ki: &mut KeyIndex, at: i64| ki.compact(at).map(|c| c.rev.main).collect::<Vec<_>>();
         let mut a = ki.clone();
-        assert_eq!(a.compact(3).collect::<Vec<_>>(), vec![rev(2)]);
+        assert_eq!(dropped(&mut a, 3), vec![2]);
         // Latest before 5 is a tombstone: dropped with everything older.
         let mut b = ki.clone();
-        assert_eq!(b.compact(5).count(), 3);
-        assert_eq!(b.revs, vec![(rev(6), false)]);
+        assert_eq!(dropped(&mut b, 5).len(), 3);
+        assert_eq!(revs_of(&b), vec![6]);
         // A tombstone exactly at the compact revision stays (a watch from there must see it).
         let mut c = ki.clone();
-        assert_eq!(c.compact(4).collect::<Vec<_>>(), vec![rev(2), rev(3)]);
-        assert_eq!(c.revs, vec![(rev(4), true), (rev(6), false)]);
+        assert_eq!(dropped(&mut c, 4), vec![2, 3]);
+        assert_eq!(revs_of(&c), vec![4, 6]);
         let mut d = ki;
-        assert_eq!(d.compact(9).count(), 3);
-        assert_eq!(d.revs, vec![(rev(6), false)]);
+        assert_eq!(dropped(&mut d, 9).len(), 3);
+        assert_eq!(revs_of(&d), vec![6]);
+    }
+
+    #[test]
+    fn history_bytes_follow_writes_and_compaction() {
+        let mut ix = Index::default();
+        ix.put(rev(2), kv("a", 2), 100);
+        ix.put(rev(3), kv("a", 3), 50);
+        ix.delete(rev(4), b"a", 20);
+        ix.put(rev(5), kv("b", 5), 7);
+        assert_eq!(ix.history_bytes(), 177);
+        // At 4 the tombstone stays (a change at the compact revision); puts 2 and 3 go.
+        let (removed, resume) = ix.compact_from(None, 4, 100, 100);
+        assert_eq!(removed.len(), 2);
+        assert_eq!(resume, None);
+        assert_eq!(ix.history_bytes(), 27);
     }
 }

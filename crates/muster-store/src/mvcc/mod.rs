@@ -18,9 +18,11 @@
 //! - `read`: [`Mvcc::range`].
 //! - `lease`: leases, LeaseGrant, LeaseRevoke and the leader's batched LeaseExpire.
 //! - `register`: the registry's Register (lease grant + instance put, one revision).
+//! - `alarm`: raised alarms (NOSPACE, CORRUPT) and the writes they stop.
 //! - `dedup`: request ids of applied `Idempotent` commands (retries never apply twice).
 //! - `test_util`, `tests_*`: unit tests against a temporary sled tree, one file per area.
 
+mod alarm;
 mod apply;
 mod codec;
 mod compact;
@@ -34,6 +36,8 @@ mod txn;
 
 #[cfg(test)]
 mod test_util;
+#[cfg(test)]
+mod tests_alarm;
 #[cfg(test)]
 mod tests_batch;
 #[cfg(test)]
@@ -56,9 +60,18 @@ mod tests_txn;
 pub use compact::{drop_compacted, CompactStep};
 pub use lease::LeaseInfo;
 
+/// Key of the store's current revision record (a bincode `i64`), for readers of raw records.
+pub const META_CURRENT_REVISION_KEY: &[u8] = META_CURRENT_REVISION;
+
+/// Whether a raw keyspace record is a raised alarm's (backups restore without them).
+pub fn is_alarm_record(key: &[u8]) -> bool {
+    key.first() == Some(&ALARM)
+}
+
+use alarm::Alarms;
 use codec::{
-    decode_dedup, decode_lease, decode_lease_key, decode_meta_revision, DEDUP, LEASE,
-    META_COMPACT_DONE, META_COMPACT_REVISION, META_CURRENT_REVISION,
+    decode_alarm_key, decode_dedup, decode_lease, decode_lease_key, decode_meta_revision, ALARM,
+    DEDUP, LEASE, META_COMPACT_DONE, META_COMPACT_REVISION, META_CURRENT_REVISION,
 };
 use compact::Cleanup;
 use dedup::Dedup;
@@ -75,6 +88,8 @@ pub struct Mvcc {
     leases: Leases,
     /// Request ids of applied `Idempotent` commands, with their responses.
     dedup: Dedup,
+    /// Raised alarms (NOSPACE, CORRUPT), which stop some writes at apply.
+    alarms: Alarms,
     /// The store's revision: 1 when empty (as in etcd), +1 per command that changed a key.
     current_revision: i64,
     /// Reads below this revision fail; 0 when never compacted.
@@ -120,10 +135,16 @@ impl Mvcc {
             dedup.insert(decode_dedup(&value)?);
         }
 
+        let mut alarms = Alarms::default();
+        for item in tree.scan_prefix([ALARM]) {
+            let (key, _) = item?;
+            alarms.insert(decode_alarm_key(&key)?);
+        }
+
         let history = History::new(tree);
         let mut index = Index::default();
         for item in history.scan_all() {
-            let (rev, rec) = item?;
+            let (rev, rec, bytes) = item?;
             if rev.main > current_revision {
                 return Err(StoreError::Corrupt {
                     what: format!(
@@ -132,9 +153,9 @@ impl Mvcc {
                 });
             }
             if rec.tombstone {
-                index.delete(rev, &rec.kv.key);
+                index.delete(rev, &rec.kv.key, bytes);
             } else {
-                index.put(rev, rec.kv);
+                index.put(rev, rec.kv, bytes);
             }
         }
         for kv in index.all_live() {
@@ -161,6 +182,7 @@ impl Mvcc {
             index,
             leases,
             dedup,
+            alarms,
             current_revision,
             compact_revision,
             cleanup,
@@ -181,6 +203,13 @@ impl Mvcc {
     /// reads no longer need the pending copies.
     pub fn persisted(&mut self) {
         self.history.persisted();
+    }
+
+    /// Bytes the keyspace's history takes (every revision of every key not yet compacted
+    /// away, as stored): what the space quota (`--quota-backend-bytes`) limits. Compaction
+    /// lowers it as its removal pass goes.
+    pub fn space_used(&self) -> u64 {
+        self.index.history_bytes()
     }
 
     /// Number of live keys.

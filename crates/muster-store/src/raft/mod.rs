@@ -12,7 +12,7 @@
 //!   [`crate::mvcc::Mvcc`] (fail-stop on storage errors); its `snapshot` submodule builds and
 //!   installs snapshots off the async runtime, its `cleanup` submodule removes compacted
 //!   history in the background.
-//! - `test_util`, `tests_compaction`, `tests_failstop`, `tests_snapshot`, `suite_tests`:
+//! - `test_util`, `tests_backup`, `tests_compaction`, `tests_failstop`, `tests_snapshot`, `suite_tests`:
 //!   state-machine tests and openraft's storage suite.
 
 pub mod file_log;
@@ -21,6 +21,8 @@ pub mod state_machine;
 mod suite_tests;
 #[cfg(test)]
 mod test_util;
+#[cfg(test)]
+mod tests_backup;
 #[cfg(test)]
 mod tests_compaction;
 #[cfg(test)]
@@ -39,6 +41,11 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = Member,
 );
+
+/// Where in a node's data dir the sled database (the state machine) lives.
+pub const DB_DIR: &str = "db";
+/// Where in a node's data dir the Raft log lives.
+pub const LOG_DIR: &str = "raft-log";
 
 pub type NodeId = u64;
 pub type Node = Member;

@@ -52,10 +52,12 @@ use crate::error::StoreError;
 use crate::mvcc::Mvcc;
 use crate::watch::WatchHub;
 
+mod backup;
 mod cleanup;
 mod snapshot;
 mod stats;
 
+pub use backup::{inspect_backup, restore_backup, BackupError, BackupSummary, BACKUP_MAGIC};
 #[cfg(test)]
 pub(crate) use cleanup::Step;
 pub use cleanup::{STEP_KEYS, STEP_RECORDS, WRITE_AT_REMOVES};
@@ -66,6 +68,8 @@ use stats::{Holder, StatCells, WriteGuard};
 /// Raft-side meta lives in the state machine's tree under this prefix, so it is written in the
 /// same atomic batch as the data it describes. The MVCC layer never uses this prefix.
 const KEY_APPLIED: &[u8] = b"s/applied";
+/// The sled tree of `DB_DIR` the state machine lives in.
+const TREE: &str = "sm";
 const KEY_MEMBERSHIP: &[u8] = b"s/membership";
 const META_PREFIX: u8 = b's';
 /// An apply batch slower than this is logged as a warning.
@@ -294,6 +298,21 @@ impl SmShared {
         self.fail_writes.store(n, Ordering::SeqCst);
     }
 
+    /// For corruption-check tests only: changes `key`'s live value on this node alone, as a
+    /// bit flip on one member's disk would, without a log entry or a revision. Returns
+    /// whether the key was live.
+    #[doc(hidden)]
+    pub fn corrupt_value_for_testing(&self, key: &[u8], value: &[u8]) -> io::Result<bool> {
+        let mut guard = self.write(Holder::Apply);
+        let inner = &mut *guard;
+        let changed = inner
+            .mvcc
+            .corrupt_value_for_testing(&mut inner.unwritten.batch, key, value)
+            .map_err(io_err)?;
+        inner.unwritten.since.get_or_insert_with(Instant::now);
+        Ok(changed)
+    }
+
     /// How many injected write failures have not fired yet.
     #[cfg(test)]
     pub(crate) fn injected_write_failures_left(&self) -> u32 {
@@ -389,7 +408,7 @@ fn decode_meta<T: serde::de::DeserializeOwned>(
 impl StateMachineStore {
     /// Opens the state machine over the `sm` tree of `db`; `dir` holds the snapshot file.
     pub fn open(db: &sled::Db, dir: &Path) -> io::Result<Self> {
-        let tree = db.open_tree("sm").map_err(io_err)?;
+        let tree = db.open_tree(TREE).map_err(io_err)?;
         let mvcc = Mvcc::open(tree.clone()).map_err(io_err)?;
         let last_applied = decode_meta::<Option<LogId>>(&tree, KEY_APPLIED)?.flatten();
         let membership =

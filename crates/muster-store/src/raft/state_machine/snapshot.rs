@@ -70,11 +70,21 @@ fn load_snapshot_file(dir: &Path) -> io::Result<Option<StoredSnapshot>> {
     }
 }
 
-/// Builds a snapshot: under the write lock only long enough to write the unwritten batch,
-/// record the applied log id and membership and suspend deferred writes; then scans the tree
-/// without the lock, resumes the writes, leaves out compacted history (if removal is still
-/// under way), encodes and saves the file.
-fn build(shared: &SmShared, dir: &Path) -> io::Result<Snapshot> {
+/// The state at one applied log id, read off the tree: what a snapshot and a backup carry.
+pub(super) struct Scanned {
+    pub meta: SnapshotMeta,
+    /// Every keyspace record, in key order, compacted history left out.
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Compacted history records left out.
+    pub dropped: usize,
+    pub scan_ms: u64,
+}
+
+/// Scans the state: under the write lock only long enough to write the unwritten batch,
+/// record the applied log id and membership and suspend deferred writes; then reads the tree
+/// without the lock, resumes the writes and leaves out compacted history (if removal is still
+/// under way). The caller holds the snapshot gate.
+pub(super) fn scan(shared: &SmShared) -> io::Result<Scanned> {
     let started = Instant::now();
     let (meta, garbage_possible, suspended) = {
         let mut inner = shared.write(Holder::SnapshotBuild);
@@ -91,7 +101,7 @@ fn build(shared: &SmShared, dir: &Path) -> io::Result<Snapshot> {
     #[cfg(test)]
     shared.run_scan_hook();
     // Exactly the state at `meta.last_log_id`: nothing writes the tree while writes are
-    // suspended and this build holds the gate (see the parent module's doc).
+    // suspended and this scan holds the gate (see the parent module's doc).
     let mut records = Vec::new();
     for item in shared.tree.iter() {
         let (k, v) = item.map_err(io_err)?;
@@ -108,6 +118,23 @@ fn build(shared: &SmShared, dir: &Path) -> io::Result<Snapshot> {
     } else {
         0
     };
+    Ok(Scanned {
+        meta,
+        records,
+        dropped,
+        scan_ms,
+    })
+}
+
+/// Builds a snapshot ([`scan`]), encodes it and saves the file.
+fn build(shared: &SmShared, dir: &Path) -> io::Result<Snapshot> {
+    let started = Instant::now();
+    let Scanned {
+        meta,
+        records,
+        dropped,
+        scan_ms,
+    } = scan(shared)?;
     let data = bincode::serialize(&SnapshotPayload { records }).map_err(io_err)?;
     let stored = StoredSnapshot { meta, data };
     save_snapshot_file(dir, &stored)?;
