@@ -38,6 +38,10 @@ Options:
                    is its client port + ${PEER_OFFSET}; its HTTP port (/health, /ready,
                    /metrics) is its client port + ${HTTP_OFFSET}.
   --timeout SECS   How long start waits for a leader and stop waits for exit (default 30).
+  --tls            With start: TLS on the client and peer ports (the same ports), client
+                   certificates required, mutual TLS between peers. A throw-away CA and
+                   certificates are generated into DIR/tls/ (ca.crt, client.crt, client.key);
+                   the cluster stays TLS on later starts.
   --wipe           With stop: also delete the cluster's data, logs and pid files.
   -h, --help       Show this help.
 
@@ -69,6 +73,7 @@ die() {
 COMMAND=""
 DATA_DIR="${MUSTER_DATA_DIR:-$REPO_ROOT/.data/cluster}"
 NODES_ARG=""
+TLS_ARG=0
 PORTS_ARG="${MUSTER_PORTS:-}"
 TIMEOUT=30
 WIPE=0
@@ -89,6 +94,7 @@ parse_args() {
             --timeout) TIMEOUT="$(need_value "$@")"; shift ;;
             --timeout=*) TIMEOUT="${1#*=}" ;;
             --wipe) WIPE=1 ;;
+            --tls) TLS_ARG=1 ;;
             -h | --help | help)
                 usage
                 exit 0
@@ -103,6 +109,7 @@ parse_args() {
     }
     [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--timeout must be a positive number of seconds, got '$TIMEOUT'"
     [[ "$WIPE" == 0 || "$COMMAND" == stop ]] || die "--wipe only goes with stop"
+    [[ "$TLS_ARG" == 0 || "$COMMAND" == start || "$COMMAND" == restart ]] || die "--tls only goes with start or restart"
     [[ -n "$DATA_DIR" ]] || die "--data-dir must not be empty"
     # Absolute and canonical: it is matched against the command lines of running nodes.
     if [[ "$COMMAND" == start || "$COMMAND" == restart ]]; then
@@ -122,6 +129,7 @@ need_value() {
 
 NODES=0
 PORTS=()
+TLS=0
 
 # Decides NODES and PORTS from flags/env, the saved cluster layout and the defaults.
 resolve_layout() {
@@ -129,7 +137,10 @@ resolve_layout() {
     if [[ -f "$state" ]]; then
         saved_nodes="$(sed -n 's/^nodes=//p' "$state")"
         saved_ports="$(sed -n 's/^ports=//p' "$state")"
+        [[ "$(sed -n 's/^tls=//p' "$state")" == 1 ]] && TLS=1
     fi
+    # A cluster started with --tls stays TLS (its members verify each other's certificates).
+    [[ "$TLS_ARG" == 1 ]] && TLS=1
 
     local ports_csv="$PORTS_ARG"
     if [[ -z "$ports_csv" && (-z "$NODES_ARG" || "$NODES_ARG" == "$saved_nodes") ]]; then
@@ -350,10 +361,21 @@ cmd_start() {
     if ((${#to_start[@]} > 0)); then
         ensure_binary
         ensure_peer_token
-        printf 'nodes=%s\nports=%s\n' "$NODES" "$(
+        printf 'nodes=%s\nports=%s\ntls=%s\n' "$NODES" "$(
             IFS=,
             echo "${PORTS[*]}"
-        )" >"$DATA_DIR/$STATE_FILE_NAME"
+        )" "$TLS" >"$DATA_DIR/$STATE_FILE_NAME"
+        local tls_flags=()
+        if [[ "$TLS" == 1 ]]; then
+            local t="$DATA_DIR/tls"
+            if [[ ! -f "$t/ca.crt" ]]; then
+                "$MUSTERD" certs --dir "$t" >&2 || die "generating certificates in $t failed"
+            fi
+            tls_flags=(--cert-file "$t/node.crt" --key-file "$t/node.key"
+                --trusted-ca-file "$t/ca.crt" --client-cert-auth
+                --peer-cert-file "$t/node.crt" --peer-key-file "$t/node.key"
+                --peer-trusted-ca-file "$t/ca.crt" --peer-client-cert-auth)
+        fi
         for i in "${to_start[@]}"; do
             mkdir -p "$(node_dir "$i")"
             printf '\n==== %s: starting node %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$i" >>"$(log_file "$i")"
@@ -366,6 +388,7 @@ cmd_start() {
                 --peer-token-file "$DATA_DIR/$TOKEN_FILE_NAME" \
                 --http-listen "127.0.0.1:$(http_port "$i")" \
                 --initial-cluster "$initial_cluster" \
+                "${tls_flags[@]}" \
                 </dev/null >>"$(log_file "$i")" 2>&1 &
             pid=$!
             disown "$pid" # a daemon, not a job: no "Killed" notices from this shell
@@ -407,9 +430,14 @@ cmd_start() {
     say "client endpoints (use as --endpoints):"
     endpoints
     say "  export ETCDCTL_API=3 ETCDCTL_ENDPOINTS=$(endpoints)"
+    if [[ "$TLS" == 1 ]]; then
+        local t="$DATA_DIR/tls"
+        say "TLS is on (client and peer ports, client certificates required):"
+        say "  export ETCDCTL_CACERT=$t/ca.crt ETCDCTL_CERT=$t/client.crt ETCDCTL_KEY=$t/client.key"
+    fi
     local cli
     cli="$(dirname "$MUSTERD")/muster"
-    if [[ -x "$cli" ]]; then
+    if [[ -x "$cli" && "$TLS" == 0 ]]; then
         say "the muster CLI: $cli <kv|lease|registry|cluster> ... (--help for each), e.g."
         say "  export MUSTER_ENDPOINTS=$(endpoints)"
         say "  $cli kv put hello world && $cli cluster status"
@@ -520,6 +548,7 @@ cmd_stop() {
             rm -rf "$(node_dir "$i")" "$(log_file "$i")"
         done
         rm -f "$DATA_DIR/$STATE_FILE_NAME" "$DATA_DIR/$TOKEN_FILE_NAME"
+        rm -rf "$DATA_DIR/tls"
         rmdir "$DATA_DIR" 2>/dev/null || true
         say "wiped the cluster data in $DATA_DIR"
     fi

@@ -76,6 +76,8 @@ pub struct NodeConfig {
     /// the CORRUPT alarm for the member that differs.
     #[serde(with = "humantime_serde")]
     pub corrupt_check_interval: Duration,
+    /// TLS for the client and peer ports (etcd's `--cert-file`, `--peer-cert-file`, ...).
+    pub tls: crate::tls::TlsSettings,
 }
 
 /// etcd's default space quota.
@@ -290,6 +292,7 @@ impl Default for NodeConfig {
             auto_compaction: Default::default(),
             quota_backend_bytes: 0,
             corrupt_check_interval: Duration::ZERO,
+            tls: Default::default(),
         }
     }
 }
@@ -331,11 +334,18 @@ impl NodeConfig {
         if self.initial_cluster.contains_key(&0) {
             return Err(invalid("initial_cluster", "node id 0 is not allowed"));
         }
-        if self.peer_token_file.is_none() && (self.initial_cluster.len() > 1 || self.join) {
+        if self.peer_token_file.is_none()
+            && !self.tls.peer_mtls()
+            && (self.initial_cluster.len() > 1 || self.join)
+        {
             return Err(invalid(
                 "peer_token_file",
-                "required for a cluster of more than one node (every node holds the same secret)",
+                "required for a cluster of more than one node (every node holds the same \
+                 secret), unless peers use mutual TLS (peer_client_cert_auth)",
             ));
+        }
+        if let Err(e) = self.tls.validate() {
+            return Err(invalid("tls", e.to_string()));
         }
         let r = &self.raft;
         if r.election_min <= r.heartbeat * 2 {
@@ -470,6 +480,40 @@ mod tests {
             ..Default::default()
         };
         assert!(joiner.validate().is_err());
+        // Mutual TLS between peers replaces the token; peer TLS alone does not.
+        let mut tls = NodeConfig {
+            peer_token_file: None,
+            ..c
+        };
+        tls.tls.peer_cert_file = Some("p.crt".into());
+        tls.tls.peer_key_file = Some("p.key".into());
+        tls.tls.peer_trusted_ca_file = Some("ca.crt".into());
+        assert!(tls.validate().is_err());
+        tls.tls.peer_client_cert_auth = true;
+        assert_eq!(tls.validate(), Ok(()));
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let mut c = NodeConfig::default();
+        c.tls.cert_file = Some("a.crt".into());
+        assert!(c.validate().is_err(), "a certificate without its key");
+        c.tls.key_file = Some("a.key".into());
+        assert_eq!(c.validate(), Ok(()));
+        c.tls.client_cert_auth = true;
+        assert!(
+            c.validate().is_err(),
+            "client_cert_auth without a trusted CA"
+        );
+        c.tls.trusted_ca_file = Some("ca.crt".into());
+        assert_eq!(c.validate(), Ok(()));
+        c.tls.min_version = "TLS1.1".into();
+        assert!(c.validate().is_err());
+        c.tls.min_version = "TLS1.3".into();
+        c.tls.cipher_suites = vec!["TLS13_AES_128_GCM_SHA256".into()];
+        assert_eq!(c.validate(), Ok(()));
+        c.tls.cipher_suites = vec!["TLS_RSA_WITH_RC4_128_SHA".into()];
+        assert!(c.validate().is_err(), "a suite rustls does not offer");
     }
 
     #[test]

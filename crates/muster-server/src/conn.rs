@@ -10,7 +10,13 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::Stream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use rustls::ServerConfig;
+
+use crate::tls::Reloadable;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -92,21 +98,117 @@ impl Connected for CuttableStream {
     }
 }
 
+/// An accepted connection, plaintext or TLS.
+pub enum ServerIo {
+    Plain(CuttableStream),
+    Tls(Box<tokio_rustls::server::TlsStream<CuttableStream>>),
+}
+
+impl AsyncRead for ServerIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Connected for ServerIo {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        match self {
+            ServerIo::Plain(s) => s.connect_info(),
+            ServerIo::Tls(s) => s.get_ref().0.connect_info(),
+        }
+    }
+}
+
+/// The longest a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts connections (TCP_NODELAY on: small replies must not wait for delayed ACKs) until
-/// `stop` is cancelled.
+/// `stop` is cancelled. With `tls`, each connection's handshake runs in its own task (a slow or
+/// silent client holds up no other), with the config current when it was accepted; a failed
+/// handshake (a plaintext client, an untrusted certificate) drops that connection only.
 pub fn incoming(
     listener: TcpListener,
     stop: CancellationToken,
-) -> impl Stream<Item = io::Result<CuttableStream>> {
-    futures::stream::unfold((listener, stop), |(listener, stop)| async move {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return None,
-            r = listener.accept() => r,
-        };
-        let item = accepted.map(|(s, _)| {
-            let _ = s.set_nodelay(true);
-            CuttableStream::new(s, &stop)
+    tls: Option<Arc<Reloadable<ServerConfig>>>,
+    port: &'static str,
+) -> Pin<Box<dyn Stream<Item = io::Result<ServerIo>> + Send>> {
+    let accepted =
+        futures::stream::unfold((listener, stop.clone()), |(listener, stop)| async move {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return None,
+                r = listener.accept() => r,
+            };
+            let item = accepted.map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                CuttableStream::new(s, &stop)
+            });
+            Some((item, (listener, stop)))
         });
-        Some((item, (listener, stop)))
-    })
+    let Some(tls) = tls else {
+        return Box::pin(accepted.map(|r| r.map(ServerIo::Plain)));
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut accepted = std::pin::pin!(accepted);
+        while let Some(item) = accepted.next().await {
+            let stream = match item {
+                Ok(s) => s,
+                Err(e) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let remote = stream.inner.peer_addr().ok();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send(Ok(ServerIo::Tls(Box::new(s)))).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(port, ?remote, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::info!(port, ?remote, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

@@ -302,7 +302,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn forwards_to_a_black_hole_fail_together_after_one_open_timeout() {
         let token = PeerToken::from_text(&PeerToken::random_text()).expect("token");
-        let peers = Arc::new(PeerChannels::new(token, 1 << 20));
+        let peers = Arc::new(PeerChannels::new(token, 1 << 20, None));
         let addr = "127.0.0.1:9".to_string();
         peers.black_hole(&addr);
         let stream = Arc::new(ForwardStream::new(peers, addr, Duration::from_secs(5)));

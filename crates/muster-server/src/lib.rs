@@ -18,6 +18,8 @@
 //! - [`network`]: the Raft network, client side (peer channels, bincode payloads).
 //! - [`faults`]: fault injection on peer calls (block, black-hole, delay, drop), for tests.
 //! - [`peer_auth`]: the peer secret: attached to every peer call, checked on the peer port.
+//! - [`pki`]: throw-away CA and certificates for local clusters and tests (rcgen).
+//! - [`tls`]: TLS for both ports (rustls), etcd's flags, certificates reloaded live.
 //! - [`services`]: the service layer (kv, lease, registry, cluster) every front door calls.
 //! - [`grpc`]: one file per gRPC service: decode, call a service, encode.
 //! - [`error`]: the server's errors and their single mapping to gRPC status.
@@ -38,11 +40,14 @@ pub mod membership;
 pub mod network;
 pub mod node;
 pub mod peer_auth;
+pub mod pki;
 pub mod propose;
 pub mod read;
 pub mod route;
 pub mod server;
 pub mod services;
+pub mod tls;
+mod tls_connect;
 pub mod write;
 
 pub use config::NodeConfig;

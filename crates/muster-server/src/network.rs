@@ -36,6 +36,8 @@ use serde::Serialize;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::tls::Reloadable;
+
 use crate::faults::{Faults, Verdict};
 use crate::peer_auth::{AttachToken, PeerToken};
 
@@ -76,6 +78,9 @@ impl PeerError {
     }
 }
 
+/// How long opening a connection to a peer may take.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// One cached channel per peer address, shared by Raft replication and request forwarding.
 pub struct PeerChannels {
     channels: Mutex<HashMap<String, Channel>>,
@@ -86,16 +91,24 @@ pub struct PeerChannels {
     /// injected, so every node-to-node path (replication, votes, snapshots, forwarding, read
     /// index) sees them.
     faults: Faults,
+    /// Peer TLS (this node's certificate and the peers' CA), when the peer port speaks it.
+    tls: Option<Arc<Reloadable<rustls::ClientConfig>>>,
 }
 
 impl PeerChannels {
-    /// Channels that present `token` and carry messages up to `max_message_bytes`.
-    pub fn new(token: PeerToken, max_message_bytes: usize) -> PeerChannels {
+    /// Channels that present `token`, carry messages up to `max_message_bytes`, and speak TLS
+    /// with `tls` when given.
+    pub fn new(
+        token: PeerToken,
+        max_message_bytes: usize,
+        tls: Option<Arc<Reloadable<rustls::ClientConfig>>>,
+    ) -> PeerChannels {
         PeerChannels {
             channels: Mutex::default(),
             token: Arc::new(token),
             max_message_bytes,
             faults: Faults::default(),
+            tls,
         }
     }
 
@@ -153,16 +166,23 @@ impl PeerChannels {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| PeerError::BadAddress {
                 addr: addr.to_string(),
                 reason: e.to_string(),
             })?
-            .connect_timeout(Duration::from_secs(1))
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let ch = match &self.tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => endpoint.connect_with_connector_lazy(crate::tls_connect::TlsConnector {
+                config: tls.clone(),
+                connect_timeout: PEER_CONNECT_TIMEOUT,
+            }),
+        };
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

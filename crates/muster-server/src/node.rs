@@ -36,6 +36,8 @@ pub enum StartError {
     Raft { reason: String },
     #[error(transparent)]
     PeerToken(#[from] PeerTokenError),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// One running Muster node's core: Raft, the state machine and peer channels. Its parts are
@@ -58,6 +60,8 @@ pub struct Node {
     /// The address peers reach this node at (its peer port); its address in the membership.
     pub(crate) peer_advertise: String,
     pub(crate) peers: Arc<PeerChannels>,
+    /// TLS configs of both ports (empty when TLS is off).
+    pub(crate) tls: Arc<crate::tls::NodeTls>,
     pub(crate) cluster_id: u64,
     /// The node's sled database (for size reporting and flushes).
     pub(crate) db: sled::Db,
@@ -116,7 +120,12 @@ impl Node {
         }
         .validate()?;
 
-        let peers = Arc::new(PeerChannels::new(token, peer_message_bytes));
+        let tls = Arc::new(crate::tls::NodeTls::load(&config.tls)?);
+        let peers = Arc::new(PeerChannels::new(
+            token,
+            peer_message_bytes,
+            tls.peer_client.clone(),
+        ));
         let network = NetworkFactory {
             peers: peers.clone(),
             append_timeout_floor: config.raft.election_min,
@@ -152,6 +161,7 @@ impl Node {
             advertise,
             peer_advertise,
             peers,
+            tls,
             config,
             db,
             removed_flag: std::sync::atomic::AtomicBool::new(false),

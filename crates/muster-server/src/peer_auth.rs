@@ -1,8 +1,9 @@
 //! Peer authentication: the cluster secret every `RaftTransport` call carries, and the one
 //! check of it on the peer port.
 //!
-//! Until mutual TLS arrives, peers prove membership with a shared secret read from
-//! `peer_token_file` (the same file on every node). The client side adds it to every request
+//! Without mutual TLS on the peer port (`tls.peer_client_cert_auth`, which replaces this),
+//! peers prove membership with a shared secret read from `peer_token_file` (the same file on
+//! every node). The client side adds it to every request
 //! (an interceptor on the peer channels, so no call can forget it); the server side checks it
 //! in an interceptor, before the request body is read, and compares in constant time. A
 //! missing or wrong token is `Unauthenticated` and logged with the caller's address.
@@ -147,13 +148,18 @@ impl tonic::service::Interceptor for AttachToken {
 }
 
 /// Server side: refuses a call whose secret is missing or wrong, before its body is read.
+/// `None`: peers are authenticated by mutual TLS instead (the handshake already refused a
+/// caller without a certificate of the peers' CA).
 #[derive(Clone)]
-pub struct CheckToken(pub Arc<PeerToken>);
+pub struct CheckToken(pub Option<Arc<PeerToken>>);
 
 impl tonic::service::Interceptor for CheckToken {
     fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(token) = &self.0 else {
+            return Ok(req);
+        };
         let presented = req.metadata().get(PEER_TOKEN_HEADER);
-        if presented.is_some_and(|v| self.0.matches(v.as_bytes())) {
+        if presented.is_some_and(|v| token.matches(v.as_bytes())) {
             return Ok(req);
         }
         let remote = req

@@ -115,6 +115,7 @@ fn serve<L>(
     router: tonic::transport::server::Router<L>,
     listener: TcpListener,
     stop: CancellationToken,
+    tls: Option<Arc<crate::tls::Reloadable<rustls::ServerConfig>>>,
     port: &'static str,
 ) -> JoinHandle<()>
 where
@@ -124,7 +125,7 @@ where
     <L::Service as Service<h::Request<Body>>>::Error: Into<BoxError> + Send,
 {
     tokio::spawn(async move {
-        let incoming = crate::conn::incoming(listener, stop.clone());
+        let incoming = crate::conn::incoming(listener, stop.clone(), tls, port);
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, stop.cancelled())
             .await
@@ -220,7 +221,7 @@ pub async fn start_with_listeners(
         .tcp_nodelay(true)
         .add_service(InterceptedService::new(
             raft_transport,
-            CheckToken(node.peers.token()),
+            CheckToken((!node.config.tls.peer_mtls()).then(|| node.peers.token())),
         ));
     let stop = CancellationToken::new();
     crate::compactor::start(node.clone(), services.kv.clone(), stop.clone());
@@ -243,8 +244,22 @@ pub async fn start_with_listeners(
             _ = stop_publishing.cancelled() => {}
         }
     });
-    let grpc_task = serve(router, listeners.client, stop.clone(), "client");
-    let peer_task = serve(peer_router, listeners.peer, stop.clone(), "peer");
+    node.tls
+        .spawn_reloader(node.config.tls.reload_interval, stop.clone());
+    let grpc_task = serve(
+        router,
+        listeners.client,
+        stop.clone(),
+        node.tls.client_server.clone(),
+        "client",
+    );
+    let peer_task = serve(
+        peer_router,
+        listeners.peer,
+        stop.clone(),
+        node.tls.peer_server.clone(),
+        "peer",
+    );
 
     let (http_addr, http_task) = match http_listener {
         Some(l) => {

@@ -85,6 +85,37 @@ struct Args {
     /// absent = off). A mismatch raises CORRUPT.
     #[arg(long, env = "MUSTER_CORRUPT_CHECK_INTERVAL")]
     corrupt_check_interval: Option<humantime::Duration>,
+    /// Client port TLS: certificate chain (PEM). With --key-file, the client port speaks TLS.
+    #[arg(long, env = "MUSTER_CERT_FILE")]
+    cert_file: Option<PathBuf>,
+    /// Client port TLS: private key (PEM).
+    #[arg(long, env = "MUSTER_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// CA (PEM) that signs client certificates.
+    #[arg(long, env = "MUSTER_TRUSTED_CA_FILE")]
+    trusted_ca_file: Option<PathBuf>,
+    /// Require client certificates signed by --trusted-ca-file.
+    #[arg(long, env = "MUSTER_CLIENT_CERT_AUTH")]
+    client_cert_auth: bool,
+    /// Peer port TLS: certificate chain (PEM), also presented when calling peers.
+    #[arg(long, env = "MUSTER_PEER_CERT_FILE")]
+    peer_cert_file: Option<PathBuf>,
+    /// Peer port TLS: private key (PEM).
+    #[arg(long, env = "MUSTER_PEER_KEY_FILE")]
+    peer_key_file: Option<PathBuf>,
+    /// CA (PEM) that signs peer certificates.
+    #[arg(long, env = "MUSTER_PEER_TRUSTED_CA_FILE")]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Require peers to present a certificate of --peer-trusted-ca-file (mutual TLS; replaces
+    /// the peer token).
+    #[arg(long, env = "MUSTER_PEER_CLIENT_CERT_AUTH")]
+    peer_client_cert_auth: bool,
+    /// Allowed TLS cipher suites, comma-separated IANA names (etcd's flag).
+    #[arg(long, env = "MUSTER_CIPHER_SUITES", value_delimiter = ',')]
+    cipher_suites: Vec<String>,
+    /// Minimum TLS version: TLS1.2 or TLS1.3.
+    #[arg(long, env = "MUSTER_TLS_MIN_VERSION")]
+    tls_min_version: Option<String>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info,openraft=warn`.
     #[arg(long, env = "MUSTER_LOG", default_value = "info,openraft=warn")]
     log: String,
@@ -102,6 +133,19 @@ enum Subcommand {
         /// The new member's data dir (must not hold a node's data).
         #[arg(long)]
         data_dir: PathBuf,
+    },
+    /// Write throw-away certificates for a local TLS cluster into DIR: ca.crt, node.crt and
+    /// node.key (servers and peers, for --hosts), client.crt and client.key (common name
+    /// --client-user). For trying TLS out; bring your own PKI to production.
+    Certs {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Addresses and names the node certificate is valid for.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+        hosts: Vec<String>,
+        /// The client certificate's common name.
+        #[arg(long, default_value = "root")]
+        client_user: String,
     },
 }
 
@@ -156,6 +200,27 @@ fn build_config(args: &Args) -> anyhow::Result<NodeConfig> {
     if let Some(d) = args.corrupt_check_interval {
         c.corrupt_check_interval = d.into();
     }
+    let tls = &mut c.tls;
+    for (flag, field) in [
+        (&args.cert_file, &mut tls.cert_file),
+        (&args.key_file, &mut tls.key_file),
+        (&args.trusted_ca_file, &mut tls.trusted_ca_file),
+        (&args.peer_cert_file, &mut tls.peer_cert_file),
+        (&args.peer_key_file, &mut tls.peer_key_file),
+        (&args.peer_trusted_ca_file, &mut tls.peer_trusted_ca_file),
+    ] {
+        if let Some(v) = flag {
+            *field = Some(v.clone());
+        }
+    }
+    tls.client_cert_auth |= args.client_cert_auth;
+    tls.peer_client_cert_auth |= args.peer_client_cert_auth;
+    if !args.cipher_suites.is_empty() {
+        tls.cipher_suites = args.cipher_suites.clone();
+    }
+    if let Some(v) = &args.tls_min_version {
+        tls.min_version = v.clone();
+    }
     if let Some(retention) = &args.auto_compaction_retention {
         let auto = muster_server::compactor::AutoCompactionConfig::from_flags(
             &args.auto_compaction_mode,
@@ -176,8 +241,22 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
-    if let Some(Subcommand::Restore { snapshot, data_dir }) = &args.command {
-        return restore(snapshot, data_dir);
+    match &args.command {
+        Some(Subcommand::Restore { snapshot, data_dir }) => return restore(snapshot, data_dir),
+        Some(Subcommand::Certs {
+            dir,
+            hosts,
+            client_user,
+        }) => {
+            let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+            muster_server::pki::write_local(dir, &hosts, client_user)?;
+            println!(
+                "wrote ca.crt, node.crt, node.key, client.crt, client.key to {}",
+                dir.display()
+            );
+            return Ok(());
+        }
+        None => {}
     }
     let config = build_config(&args)?;
     let node_id = config.node_id;

@@ -24,13 +24,15 @@ pub struct ClusterService {
 /// the URL's whole text as the HTTP/2 `:authority`; grpc-go's server tolerates that, but the h2
 /// crate under tonic refuses the stream (PROTOCOL_ERROR). Checked again in issue 14 with a
 /// scheme: all three `--cluster` calls failed. clientv3 3.4 dials a bare `host:port` fine.
-pub fn to_pb(members: Vec<MemberInfo>) -> Vec<pb::Member> {
+/// Peer URLs say `https://` when the peer port speaks TLS.
+pub fn to_pb(members: Vec<MemberInfo>, peer_tls: bool) -> Vec<pb::Member> {
+    let scheme = if peer_tls { "https" } else { "http" };
     members
         .into_iter()
         .map(|m| pb::Member {
             id: m.id,
             name: format!("muster-{}", m.id),
-            peer_ur_ls: vec![format!("http://{}", m.member.addr)],
+            peer_ur_ls: vec![format!("{scheme}://{}", m.member.addr)],
             client_ur_ls: if m.member.client_addr.is_empty() {
                 vec![]
             } else {
@@ -46,6 +48,10 @@ fn unsupported(what: &'static str) -> Status {
 }
 
 impl ClusterService {
+    fn members(&self, members: Vec<MemberInfo>) -> Vec<pb::Member> {
+        to_pb(members, self.node.config.tls.peer_tls())
+    }
+
     fn header(&self) -> pb::ResponseHeader {
         self.node
             .header(self.node.sm.read().mvcc.current_revision())
@@ -65,7 +71,7 @@ impl Cluster for ClusterService {
         };
         let changed = self.cluster.add(url, req.is_learner).await?;
         let id = changed.id;
-        let members = to_pb(changed.members);
+        let members = self.members(changed.members);
         let member = members.iter().find(|m| m.id == id).cloned();
         Ok(Response::new(pb::MemberAddResponse {
             header: Some(self.header()),
@@ -81,7 +87,7 @@ impl Cluster for ClusterService {
         let changed = self.cluster.remove(req.into_inner().id).await?;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: Some(self.header()),
-            members: to_pb(changed.members),
+            members: self.members(changed.members),
         }))
     }
 
@@ -99,7 +105,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         Ok(Response::new(pb::MemberListResponse {
             header: Some(self.header()),
-            members: to_pb(self.cluster.members()),
+            members: self.members(self.cluster.members()),
         }))
     }
 
@@ -110,7 +116,7 @@ impl Cluster for ClusterService {
         let changed = self.cluster.promote(req.into_inner().id).await?;
         Ok(Response::new(pb::MemberPromoteResponse {
             header: Some(self.header()),
-            members: to_pb(changed.members),
+            members: self.members(changed.members),
         }))
     }
 }

@@ -50,10 +50,15 @@ impl From<MembershipChanged> for Membership {
     }
 }
 
-/// Parses a peer URL (`http://host:port`, or bare `host:port`) into the peer address; anything
-/// else (another scheme, a path, no numeric port) is etcd's "given member URLs are invalid".
+/// Parses a peer URL (`http://host:port`, `https://host:port`, or bare `host:port`) into the
+/// peer address; anything else (another scheme, a path, no numeric port) is etcd's "given
+/// member URLs are invalid". Whether peers speak TLS is the cluster's configuration, not the
+/// URL's.
 pub fn peer_addr_of(url: &str) -> Result<String, ValidationError> {
-    let addr = url.strip_prefix("http://").unwrap_or(url);
+    let addr = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
     let addr = addr.strip_suffix('/').unwrap_or(addr);
     let valid = match addr.rsplit_once(':') {
         Some((host, port)) => {
