@@ -434,10 +434,11 @@ cmd_start() {
         local t="$DATA_DIR/tls"
         say "TLS is on (client and peer ports, client certificates required):"
         say "  export ETCDCTL_CACERT=$t/ca.crt ETCDCTL_CERT=$t/client.crt ETCDCTL_KEY=$t/client.key"
+        say "  export MUSTER_CACERT=$t/ca.crt MUSTER_CERT=$t/client.crt MUSTER_KEY=$t/client.key   # the muster CLI's"
     fi
     local cli
     cli="$(dirname "$MUSTERD")/muster"
-    if [[ -x "$cli" && "$TLS" == 0 ]]; then
+    if [[ -x "$cli" ]]; then
         say "the muster CLI: $cli <kv|lease|registry|cluster> ... (--help for each), e.g."
         say "  export MUSTER_ENDPOINTS=$(endpoints)"
         say "  $cli kv put hello world && $cli cluster status"

@@ -2,7 +2,8 @@
 //! certificates and mutual TLS between peers serves etcdctl with `--cacert/--cert/--key`;
 //! a client certificate of another CA, no certificate and plaintext are refused; the peer
 //! port refuses a caller without a certificate of the peers' CA; certificates replaced on
-//! disk are served without a restart.
+//! disk are served without a restart; muster-client and the etcd-client crate connect over
+//! TLS.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -220,6 +221,71 @@ async fn replaced_certificates_are_served_without_a_restart() -> anyhow::Result<
     )
     .await?;
     assert!(!run(&get(&old_s))?, "the old certificate is gone");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn muster_client_and_etcd_client_over_tls() -> anyhow::Result<()> {
+    use muster_client::{Client, ClientOptions, TlsOptions};
+    let pki = tempfile::tempdir()?;
+    let dir = pki.path();
+    let ca = Ca::new("test CA")?;
+    let ca_file = write_ca(dir, "ca", &ca)?;
+    let (crt, key) = write_pair(dir, "node", &ca.issue("node", &["127.0.0.1"])?)?;
+    let (client_crt, client_key) = write_pair(dir, "client", &ca.issue("root", &[])?)?;
+    let (c, k, a) = (crt.clone(), key.clone(), ca_file.clone());
+    let cluster = Cluster::start_with(3, move |cfg| {
+        cfg.tls.cert_file = Some(c.clone());
+        cfg.tls.key_file = Some(k.clone());
+        cfg.tls.trusted_ca_file = Some(a.clone());
+        cfg.tls.client_cert_auth = true;
+    })
+    .await?;
+    let options = |tls: TlsOptions| ClientOptions {
+        call_timeout: Duration::from_secs(5),
+        attempt_timeout: Duration::from_secs(2),
+        tls: Some(tls),
+        ..ClientOptions::default()
+    };
+    let with_cert = TlsOptions::from_files(&ca_file, Some(&client_crt), Some(&client_key))?;
+    let client = Client::connect(cluster.endpoints(), options(with_cert)).await?;
+    client.put("mc/k", "v").await?;
+    let got = client.get("mc/k").await?;
+    assert_eq!(
+        got.kvs.first().map(|kv| kv.value.clone()),
+        Some(b"v".to_vec())
+    );
+
+    let without = TlsOptions::from_files(&ca_file, None, None)?;
+    let refused = Client::connect(cluster.endpoints(), options(without)).await?;
+    assert!(
+        refused.get("mc/k").await.is_err(),
+        "a client without a certificate is not served"
+    );
+    assert!(TlsOptions::from_files(&ca_file, Some(&client_crt), None).is_err());
+
+    // The etcd-client crate, as an application using it would connect.
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&ca_file)?))
+        .identity(etcd_client::Identity::from_pem(
+            std::fs::read(&client_crt)?,
+            std::fs::read(&client_key)?,
+        ));
+    let eps: Vec<String> = cluster
+        .endpoints()
+        .iter()
+        .map(|e| format!("https://{}", e.trim_start_matches("http://")))
+        .collect();
+    let mut etcd =
+        etcd_client::Client::connect(eps, Some(etcd_client::ConnectOptions::new().with_tls(tls)))
+            .await?;
+    etcd.put("mc/etcd", "e", None).await?;
+    let got = etcd.get("mc/k", None).await?;
+    assert_eq!(
+        got.kvs().first().map(|kv| kv.value().to_vec()),
+        Some(b"v".to_vec())
+    );
     cluster.shutdown().await;
     Ok(())
 }

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "muster", version, about, long_about = None)]
 pub struct Cli {
-    /// Comma-separated endpoints (host:port or http://host:port).
+    /// Comma-separated endpoints (host:port, http://host:port or https://host:port).
     #[arg(
         long,
         global = true,
@@ -26,6 +26,27 @@ pub struct Cli {
     /// Deadline of each request, across its retries (e.g. 500ms, 10s).
     #[arg(long, global = true, value_parser = parse_duration, default_value = "10s")]
     pub timeout: Duration,
+    /// TLS: the CA (PEM) that signs the nodes' certificates; turns TLS on (etcdctl's flag).
+    #[arg(long, global = true, env = "MUSTER_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// TLS: this client's certificate (PEM), for clusters that require one.
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        global = true,
+        env = "MUSTER_CERT",
+        requires = "cacert"
+    )]
+    pub cert: Option<std::path::PathBuf>,
+    /// TLS: this client's private key (PEM).
+    #[arg(
+        long = "key",
+        id = "client_key",
+        global = true,
+        env = "MUSTER_KEY",
+        requires = "client_cert"
+    )]
+    pub key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -24,7 +24,7 @@ mod txn;
 use std::process::ExitCode;
 
 use clap::Parser;
-use muster_client::{Client, ClientError, ClientOptions};
+use muster_client::{Client, ClientError, ClientOptions, TlsOptions};
 
 use cli::{Cli, Command};
 
@@ -99,6 +99,14 @@ async fn run(cli: Cli) -> Result<()> {
     let options = ClientOptions {
         call_timeout: cli.timeout,
         attempt_timeout: cli.timeout.min(ClientOptions::default().attempt_timeout),
+        tls: match &cli.cacert {
+            Some(ca) => Some(TlsOptions::from_files(
+                ca,
+                cli.cert.as_deref(),
+                cli.key.as_deref(),
+            )?),
+            None => None,
+        },
         ..ClientOptions::default()
     };
     let client = Client::connect(&cli.endpoints, options).await?;

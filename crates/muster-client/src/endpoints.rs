@@ -55,20 +55,23 @@ pub enum Target {
     Any,
 }
 
-/// Normalises `e` (`host:port`, `http://host:port`, with or without a trailing `/`) to its
-/// authority.
+/// Normalises `e` (`host:port`, `http://host:port`, `https://host:port`, with or without a
+/// trailing `/`) to its authority. Whether a client speaks TLS is its options' `tls`, for
+/// every endpoint alike; the scheme is accepted as etcd clients write it.
 ///
 /// # Errors
-/// [`ClientError::InvalidEndpoint`] for `https://` (no TLS) or anything that is not host:port.
+/// [`ClientError::InvalidEndpoint`] for anything that is not host:port.
 pub fn authority(e: &str) -> Result<String, ClientError> {
     let bad = |reason: &str| ClientError::InvalidEndpoint {
         endpoint: e.to_string(),
         reason: reason.to_string(),
     };
-    if e.starts_with("https://") {
-        return Err(bad("TLS is not supported; use http:// or host:port"));
-    }
-    let a = e.trim().trim_start_matches("http://").trim_end_matches('/');
+    let e = e.trim();
+    let a = e
+        .strip_prefix("https://")
+        .or_else(|| e.strip_prefix("http://"))
+        .unwrap_or(e)
+        .trim_end_matches('/');
     if a.is_empty() || a.contains('/') || !a.contains(':') {
         return Err(bad("expected host:port"));
     }
@@ -103,7 +106,15 @@ impl Endpoints {
             last_refresh: Mutex::new(None),
         };
         for e in endpoints {
-            set.get_or_add(&authority(e.as_ref())?)?;
+            let e = e.as_ref();
+            if e.trim().starts_with("https://") && options.tls.is_none() {
+                return Err(ClientError::InvalidEndpoint {
+                    endpoint: e.to_string(),
+                    reason: "https:// needs TLS options (ClientOptions::tls; the CLI's --cacert)"
+                        .into(),
+                });
+            }
+            set.get_or_add(&authority(e)?)?;
         }
         if set.all().is_empty() {
             return Err(ClientError::InvalidEndpoint {
@@ -115,12 +126,27 @@ impl Endpoints {
     }
 
     fn channel(&self, authority: &str) -> Result<Channel, ClientError> {
-        let ep = Endpoint::from_shared(format!("http://{authority}")).map_err(|e| {
-            ClientError::InvalidEndpoint {
-                endpoint: authority.to_string(),
-                reason: e.to_string(),
+        let invalid = |e: tonic::transport::Error| ClientError::InvalidEndpoint {
+            endpoint: authority.to_string(),
+            reason: e.to_string(),
+        };
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{authority}")).map_err(invalid)?;
+        if let Some(tls) = &self.options.tls {
+            let mut config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
             }
-        })?;
+            if let Some(domain) = &tls.domain {
+                config = config.domain_name(domain.clone());
+            }
+            ep = ep.tls_config(config).map_err(invalid)?;
+        }
         Ok(ep
             .connect_timeout(self.options.connect_timeout)
             .tcp_nodelay(true)
@@ -281,7 +307,7 @@ mod tests {
             Some("127.0.0.1:2379".into())
         );
         assert_eq!(authority("h:1").ok(), Some("h:1".into()));
-        assert!(authority("https://h:1").is_err());
+        assert_eq!(authority("https://h:1").ok().as_deref(), Some("h:1"));
         assert!(authority("nohostport").is_err());
     }
 

@@ -89,7 +89,7 @@ pub use kv::{
 };
 pub use lease::{KeepAlive, KeepAliveState, LeaseGrant, LeaseTimeToLive};
 pub use muster_proto::mvccpb::KeyValue;
-pub use options::{BreakerConfig, ClientOptions, RetryPolicy};
+pub use options::{BreakerConfig, ClientOptions, RetryPolicy, TlsOptions};
 pub use register_self::{SelfRegistration, SelfState};
 pub use registry::{
     DiscoverQuery, Instance, InstanceKey, InstanceRecord, InstanceSpec, Registration, ServiceEvent,

@@ -39,6 +39,63 @@ pub struct ClientOptions {
     /// Look for the leader (Maintenance.Status + MemberList) in the background at start and
     /// whenever it is unknown. Off, the leader is learned only from NotLeader hints.
     pub discover_leader: bool,
+    /// TLS to every endpoint (the cluster's client port speaks TLS); `None`: plaintext.
+    pub tls: Option<TlsOptions>,
+}
+
+/// TLS to the cluster: whom to trust, and the client certificate if the cluster requires one
+/// (`--client-cert-auth`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM of the CA certificates that sign the nodes' certificates.
+    pub ca_pem: Vec<u8>,
+    /// PEM of the client certificate chain and its private key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name to verify every node's certificate for; `None`: each endpoint's host.
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private key.
+        f.debug_struct("TlsOptions")
+            .field("identity", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsOptions {
+    /// Reads the PEM files: `ca` always, `cert` and `key` together.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] naming the file that cannot be read, or when only one
+    /// of `cert` and `key` is given.
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<TlsOptions, ClientError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| ClientError::InvalidArgument {
+                message: format!("reading {}: {e}", p.display()),
+            })
+        };
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(ClientError::InvalidArgument {
+                    message: "a client certificate needs its key (--cert with --key)".into(),
+                })
+            }
+        };
+        Ok(TlsOptions {
+            ca_pem: read(ca)?,
+            identity,
+            domain: None,
+        })
+    }
 }
 
 impl Default for ClientOptions {
@@ -54,6 +111,7 @@ impl Default for ClientOptions {
             seed: None,
             watch_probe_interval: Duration::from_secs(5),
             discover_leader: true,
+            tls: None,
         }
     }
 }

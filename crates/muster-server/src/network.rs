@@ -166,8 +166,10 @@ impl PeerChannels {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        // http:// even with TLS: our connector runs the handshake itself, and tonic (with its
+        // own TLS compiled in, for muster-client) refuses an https:// URI it has no TLS
+        // config for, custom connector or not.
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| PeerError::BadAddress {
                 addr: addr.to_string(),
                 reason: e.to_string(),

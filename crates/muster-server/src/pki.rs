@@ -76,18 +76,23 @@ impl Ca {
 
 /// Writes a local cluster's certificates into `dir`: `ca.crt`; `node.crt`/`node.key` for
 /// every node (servers and peers, for `hosts`); `client.crt`/`client.key` (common name
-/// `client_user`). Private keys are created readable by the owner only.
-pub fn write_local(dir: &Path, hosts: &[&str], client_user: &str) -> Result<(), PkiError> {
+/// `client_user`). Private keys are created readable by the owner only. A `dir` that already
+/// holds `ca.crt` is left as it is (returns false): nodes started on it keep trusting it.
+pub fn write_local(dir: &Path, hosts: &[&str], client_user: &str) -> Result<bool, PkiError> {
+    if dir.join("ca.crt").exists() {
+        return Ok(false);
+    }
     std::fs::create_dir_all(dir)?;
     let ca = Ca::new("muster local CA")?;
-    write(dir, "ca.crt", &ca.cert_pem(), false)?;
     let node = ca.issue("muster node", hosts)?;
     write(dir, "node.crt", &node.cert_pem, false)?;
     write(dir, "node.key", &node.key_pem, true)?;
     let client = ca.issue(client_user, &[])?;
     write(dir, "client.crt", &client.cert_pem, false)?;
     write(dir, "client.key", &client.key_pem, true)?;
-    Ok(())
+    // Last: its presence says the set is complete.
+    write(dir, "ca.crt", &ca.cert_pem(), false)?;
+    Ok(true)
 }
 
 fn write(dir: &Path, name: &str, text: &str, private: bool) -> std::io::Result<()> {

@@ -136,7 +136,8 @@ enum Subcommand {
     },
     /// Write throw-away certificates for a local TLS cluster into DIR: ca.crt, node.crt and
     /// node.key (servers and peers, for --hosts), client.crt and client.key (common name
-    /// --client-user). For trying TLS out; bring your own PKI to production.
+    /// --client-user), unless DIR already holds ca.crt. For trying TLS out; bring your own
+    /// PKI to production.
     Certs {
         #[arg(long)]
         dir: PathBuf,
