@@ -49,10 +49,18 @@ pub(crate) async fn answer(node: &Arc<Node>, ask: HashKvAsk) -> HashKvReply {
         .applied_index_at_least(Some(ask.applied_index), "corruption check")
         .await
         .map_err(|e| remote(e.to_string()))?;
-    Maintenance::new(node.clone())
-        .hash_kv(ask.revision)
-        .map(|h| h.hash)
+    hash_off_runtime(node, ask.revision)
+        .await
         .map_err(|e| remote(e.to_string()))
+}
+
+/// This node's keyspace hash at `revision` (computed on the blocking pool).
+async fn hash_off_runtime(node: &Arc<Node>, revision: i64) -> Result<u32, String> {
+    Maintenance::new(node.clone())
+        .hash_kv(revision)
+        .await
+        .map(|h| h.hash)
+        .map_err(|e| e.to_string())
 }
 
 /// The members whose hash is not the right one (see the module doc). `hashes` holds every
@@ -94,9 +102,9 @@ pub async fn check_once(node: &Arc<Node>) -> Vec<u64> {
         applied_index,
     };
     let mut hashes = BTreeMap::new();
-    match Maintenance::new(node.clone()).hash_kv(revision) {
-        Ok(h) => {
-            hashes.insert(node.id(), h.hash);
+    match hash_off_runtime(node, revision).await {
+        Ok(hash) => {
+            hashes.insert(node.id(), hash);
         }
         Err(e) => {
             // Compacted past it meanwhile: the next round picks a newer revision.

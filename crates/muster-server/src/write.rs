@@ -130,17 +130,15 @@ impl Node {
             return Ok(());
         }
         let quota = self.config.quota_bytes();
-        let (used, raised) = {
-            let sm = self.sm.read();
-            let raised = sm.mvcc.alarms().contains(&AlarmMember {
-                member_id: self.id,
-                alarm: Alarm::NoSpace,
-            });
-            (sm.mvcc.space_used(), raised)
-        };
+        let used = self.sm.read().mvcc.space_used();
         if used.saturating_add(cmd.approx_size() as u64) <= quota {
             return Ok(());
         }
+        let mine = AlarmMember {
+            member_id: self.id,
+            alarm: Alarm::NoSpace,
+        };
+        let raised = self.sm.read().mvcc.alarms().contains(&mine);
         if !raised {
             tracing::warn!(
                 node_id = self.id,

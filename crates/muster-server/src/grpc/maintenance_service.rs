@@ -132,7 +132,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::HashResponse>, Status> {
         // etcd hashes its whole backend file; Muster's nearest equivalent is the keyspace at
         // the current revision (the same hash as HashKV at revision 0).
-        let h = self.maintenance.hash_kv(0)?;
+        let h = self.maintenance.hash_kv(0).await?;
         Ok(Response::new(pb::HashResponse {
             header: Some(self.node.header(h.current_revision)),
             hash: h.hash,
@@ -143,7 +143,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        let h = self.maintenance.hash_kv(req.into_inner().revision)?;
+        let h = self.maintenance.hash_kv(req.into_inner().revision).await?;
         Ok(Response::new(pb::HashKvResponse {
             header: Some(self.node.header(h.current_revision)),
             hash: h.hash,

@@ -51,7 +51,18 @@ impl Maintenance {
     /// lease — not the history below it (which compaction removes on each node at its own
     /// pace). Fails with "required revision has been compacted" (or "is a future revision")
     /// as a Range at that revision would.
-    pub fn hash_kv(&self, revision: i64) -> Result<KeyspaceHash, ServerError> {
+    /// Runs on the blocking pool: hashing a large keyspace takes seconds, which must not stall
+    /// a runtime worker (heartbeats run there).
+    pub async fn hash_kv(&self, revision: i64) -> Result<KeyspaceHash, ServerError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.hash_kv_now(revision))
+            .await
+            .map_err(|e| RaftPathError::Internal {
+                reason: format!("keyspace hash task: {e}"),
+            })?
+    }
+
+    fn hash_kv_now(&self, revision: i64) -> Result<KeyspaceHash, ServerError> {
         let (current_revision, compact_revision) = {
             let sm = self.node.sm.read();
             (sm.mvcc.current_revision(), sm.mvcc.compact_revision())
